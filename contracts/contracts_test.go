@@ -1,0 +1,353 @@
+package contracts
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+var t0 = time.Date(2026, 11, 22, 18, 30, 0, 0, time.UTC)
+
+func sampleJob() *Job {
+	return &Job{
+		QueueID:    "0KQ3H5XZ7M2P9RTA",
+		ReceivedAt: t0,
+		FirstSeen:  t0,
+		Client:     Client{Addr: "127.0.0.1:50123", HELO: "sqlserver.corp.example", AuthUser: "dbmail", TLS: "TLSv1.3 TLS_AES_128_GCM_SHA256", Proto: "ESMTPSA"},
+		From:       "alerts@corp.example",
+		Params:     MailParams{Body: "8BITMIME", Ret: "HDRS", EnvID: "bam-42", Size: 2048},
+		Rcpts: []Recipient{
+			{Addr: "ops@example.com", Notify: []string{"FAILURE", "DELAY"}, ORcpt: "rfc822;ops@example.com"},
+			{Addr: "oncall@example.net"},
+		},
+		Attempt:   2,
+		LastError: &Reply{Code: 451, Enhanced: "4.3.0", Text: "try again later", Host: "mx1.example.com"},
+		History: []AttemptRecord{{
+			Attempt: 1, At: t0.Add(time.Minute), Duration: 1500 * time.Millisecond,
+			Host: "mx1.example.com", IP: "192.0.2.10", Result: ResultDeferred,
+			Reply: &Reply{Code: 451, Enhanced: "4.3.0", Text: "try again later"}, Rcpts: 2,
+		}},
+	}
+}
+
+var sampleBody = []byte("Received: from sqlserver ([127.0.0.1])\r\n\tby relay.example.com (jetrelay) with ESMTPSA id 0KQ3H5XZ7M2P9RTA;\r\n\tSun, 22 Nov 2026 18:30:00 +0000\r\nSubject: BAM alert\r\n\r\nQueue depth over threshold.\r\n")
+
+func golden(t *testing.T, name string, got []byte) []byte {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden file (run with -update to create): %v", err)
+	}
+	return want
+}
+
+func TestJobGolden(t *testing.T) {
+	got, err := EncodeJob(sampleJob(), sampleBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := golden(t, "job_v1.golden", got)
+	if !bytes.Equal(got, want) {
+		t.Errorf("encoding changed; a change to the wire format needs a new SchemaVersion.\n got: %s\nwant: %s", got, want)
+	}
+	// The golden file must stay readable by every later build.
+	j, body, err := DecodeJob(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := sampleJob()
+	exp.Version = 1
+	exp.Body = Body{Size: int64(len(sampleBody)), SHA256: Digest(sampleBody)}
+	if !reflect.DeepEqual(j, exp) {
+		t.Errorf("decoded job differs:\n got %+v\nwant %+v", j, exp)
+	}
+	if !bytes.Equal(body, sampleBody) {
+		t.Errorf("body differs")
+	}
+}
+
+func TestDeadLetterGolden(t *testing.T) {
+	j := sampleJob()
+	j.Body = Body{Object: "0KQ3H5XZ7M2P9RTA", Size: 30 << 20, SHA256: strings.Repeat("ab", 32)}
+	d := &DeadLetter{
+		ID:         DeadLetterID(j.JobID(), 2),
+		Reason:     ReasonRejected,
+		Detail:     "550 5.1.1 user unknown",
+		DeadAt:     t0.Add(time.Hour),
+		LastReply:  &Reply{Code: 550, Enhanced: "5.1.1", Text: "user unknown", Host: "mx1.example.com"},
+		HostsTried: []string{"mx1.example.com:25"},
+		Job:        *j,
+	}
+	got, err := EncodeDeadLetter(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := golden(t, "deadletter_v1.golden", got)
+	if !bytes.Equal(got, want) {
+		t.Errorf("encoding changed.\n got: %s\nwant: %s", got, want)
+	}
+	back, body, err := DecodeDeadLetter(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		t.Errorf("object body decoded with %d inline bytes", len(body))
+	}
+	if back.ID != d.ID || back.Job.Body.Object != j.Body.Object || back.LastReply.Code != 550 {
+		t.Errorf("round trip lost fields: %+v", back)
+	}
+}
+
+func TestDecodeJobErrors(t *testing.T) {
+	good, err := EncodeJob(sampleJob(), sampleBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nl := bytes.IndexByte(good, '\n')
+	tests := []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"empty", nil, ErrMalformed},
+		{"no newline", []byte(`{"v":1}`), ErrMalformed},
+		{"not json", []byte("hello\nbody"), ErrMalformed},
+		{"bad json", []byte("{\"v\":\n"), ErrMalformed},
+		{"no version", []byte(`{"queue_id":"A","rcpts":[{"addr":"a@b"}]}` + "\n"), ErrMalformed},
+		{"future version", []byte(`{"v":99,"queue_id":"A","rcpts":[{"addr":"a@b"}]}` + "\n"), ErrUnsupportedVersion},
+		{"no queue id", []byte(`{"v":1,"rcpts":[{"addr":"a@b"}],"body":{"size":0,"sha256":"` + Digest(nil) + `"}}` + "\n"), ErrMalformed},
+		{"no recipients", []byte(`{"v":1,"queue_id":"A","body":{"size":0,"sha256":"` + Digest(nil) + `"}}` + "\n"), ErrMalformed},
+		{"truncated body", good[:len(good)-1], ErrBodyMismatch},
+		{"altered body", append(append([]byte{}, good[:len(good)-1]...), 'X'), ErrBodyMismatch},
+		{"extra body", append(append([]byte{}, good...), 'X'), ErrBodyMismatch},
+		{"object with inline bytes", []byte(`{"v":1,"queue_id":"A","rcpts":[{"addr":"a@b"}],"body":{"size":5,"sha256":"x","object":"A"}}` + "\nhello"), ErrBodyMismatch},
+		{"envelope only", good[:nl+1], ErrBodyMismatch},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := DecodeJob(tc.data)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("DecodeJob = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestEncodeRejectsObjectWithBytes(t *testing.T) {
+	j := sampleJob()
+	j.Body.Object = "X"
+	if _, err := EncodeJob(j, []byte("x")); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestBodyNotInflated(t *testing.T) {
+	body := bytes.Repeat([]byte{0xff, 0x00, '\n', 'a'}, 256<<10) // 1 MiB of binary-ish bytes
+	data, err := EncodeJob(sampleJob(), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if overhead := len(data) - len(body); overhead > 2048 {
+		t.Fatalf("framing adds %d bytes to a 1 MiB body; want < 2048", overhead)
+	}
+	_, back, err := DecodeJob(data)
+	if err != nil || !bytes.Equal(back, body) {
+		t.Fatalf("round trip: %v", err)
+	}
+}
+
+func TestDestToken(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"example.com", "example_com"},
+		{"Example.COM.", "example_com"},
+		{"mx-1.sub.example.org", "mx-1_sub_example_org"},
+		{"bücher.de", "b~c3~bccher_de"},
+		{"[192.0.2.1]", "~5b192_0_2_1~5d"},
+		{"a*b>c d", "a~2ab~3ec~20d"},
+		{"", "~"},
+	}
+	for _, tc := range tests {
+		got := DestToken(tc.in)
+		if got != tc.want {
+			t.Errorf("DestToken(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if tc.in != "" {
+			if back := DomainFromToken(got); back != strings.ToLower(strings.TrimSuffix(tc.in, ".")) {
+				t.Errorf("DomainFromToken(%q) = %q", got, back)
+			}
+		}
+	}
+	if DomainFromToken(MultiDest) != "" {
+		t.Error("MultiDest decoded to a domain")
+	}
+}
+
+func TestJobDestAndID(t *testing.T) {
+	j := sampleJob()
+	if got := j.Dest(); got != MultiDest {
+		t.Errorf("two domains: Dest = %q", got)
+	}
+	j.Rcpts = j.Rcpts[:1]
+	if got := j.Dest(); got != "example_com" {
+		t.Errorf("one domain: Dest = %q", got)
+	}
+	if j.JobID() != j.QueueID {
+		t.Errorf("JobID without part = %q", j.JobID())
+	}
+	j.Part = PartOf(j.QueueID, 1, j.Rcpts)
+	if j.JobID() != j.QueueID+"-"+j.Part || len(j.Part) != 10 {
+		t.Errorf("JobID with part = %q", j.JobID())
+	}
+	if PartOf(j.QueueID, 1, j.Rcpts) != j.Part {
+		t.Error("PartOf not deterministic")
+	}
+	if PartOf(j.QueueID, 2, j.Rcpts) == j.Part {
+		t.Error("PartOf ignores the attempt")
+	}
+	kind, dest, id, ok := ParseQueueSubject(JobSubject(j.Dest(), j.JobID()))
+	if !ok || kind != "job" || dest != "example_com" || id != j.JobID() {
+		t.Errorf("ParseQueueSubject = %q %q %q %v", kind, dest, id, ok)
+	}
+	if _, _, _, ok := ParseQueueSubject("mailq.job.x"); ok {
+		t.Error("short subject parsed")
+	}
+}
+
+func TestHistoryCapped(t *testing.T) {
+	j := sampleJob()
+	j.History = nil
+	for i := 1; i <= MaxHistory+5; i++ {
+		j.AddHistory(AttemptRecord{Attempt: i})
+	}
+	if len(j.History) != MaxHistory || j.History[0].Attempt != 6 || j.History[MaxHistory-1].Attempt != MaxHistory+5 {
+		t.Fatalf("history = %d records, first %d", len(j.History), j.History[0].Attempt)
+	}
+}
+
+func TestQueueID(t *testing.T) {
+	now := time.Now()
+	seen := map[string]bool{}
+	prev := ""
+	for i := 0; i < 1000; i++ {
+		id := NewQueueID(now.Add(time.Duration(i) * time.Millisecond))
+		if !ValidQueueID(id) {
+			t.Fatalf("invalid id %q", id)
+		}
+		if seen[id] {
+			t.Fatalf("duplicate id %q", id)
+		}
+		seen[id] = true
+		if id[:8] < prev {
+			t.Fatalf("ids not time-ordered: %q after %q", id, prev)
+		}
+		prev = id[:8]
+	}
+	id := NewQueueID(now)
+	ts, ok := QueueIDTime(id)
+	if !ok || ts.Sub(now).Abs() > time.Millisecond {
+		t.Fatalf("QueueIDTime = %v, want %v", ts, now)
+	}
+	for _, bad := range []string{"", "0KQ3H5XZ7M2P9RT", "0KQ3H5XZ7M2P9RTI", "0kq3h5xz7m2p9rta", "0KQ3H5XZ7M2P9RT."} {
+		if ValidQueueID(bad) {
+			t.Errorf("ValidQueueID(%q) = true", bad)
+		}
+	}
+}
+
+func TestReply(t *testing.T) {
+	tests := []struct {
+		r    *Reply
+		temp bool
+		s    string
+	}{
+		{&Reply{Code: 450, Enhanced: "4.2.1", Text: "busy"}, true, "450 4.2.1 busy"},
+		{&Reply{Code: 550, Enhanced: "5.1.1", Text: "unknown"}, false, "550 5.1.1 unknown"},
+		{&Reply{Text: "connection refused"}, true, "connection refused"},
+		{nil, false, ""},
+	}
+	for _, tc := range tests {
+		if tc.r.Temporary() != tc.temp || tc.r.String() != tc.s {
+			t.Errorf("%+v: Temporary=%v String=%q", tc.r, tc.r.Temporary(), tc.r.String())
+		}
+	}
+}
+
+func FuzzDecodeJob(f *testing.F) {
+	good, _ := EncodeJob(sampleJob(), sampleBody)
+	f.Add(good)
+	f.Add([]byte("{\"v\":1}\n"))
+	f.Add([]byte("{}\n\x00\xff"))
+	if g, err := os.ReadFile("testdata/job_v1.golden"); err == nil {
+		f.Add(g)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		j, body, err := DecodeJob(data)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must re-encode and decode to the same job.
+		again, err := EncodeJob(j, body)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		j2, body2, err := DecodeJob(again)
+		if err != nil {
+			t.Fatalf("decode of re-encoded job: %v", err)
+		}
+		if !bytes.Equal(body, body2) || j2.QueueID != j.QueueID || len(j2.Rcpts) != len(j.Rcpts) {
+			t.Fatalf("round trip changed the job")
+		}
+	})
+}
+
+func FuzzDecodeDeadLetter(f *testing.F) {
+	j := sampleJob()
+	good, _ := EncodeDeadLetter(&DeadLetter{ID: "x-d1", Reason: ReasonExpired, Job: *j}, sampleBody)
+	f.Add(good)
+	f.Add([]byte("{\"v\":1,\"id\":\"a\"}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, body, err := DecodeDeadLetter(data)
+		if err != nil {
+			return
+		}
+		again, err := EncodeDeadLetter(d, body)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		if _, _, err := DecodeDeadLetter(again); err != nil {
+			t.Fatalf("decode of re-encoded dead letter: %v", err)
+		}
+	})
+}
+
+func FuzzDestToken(f *testing.F) {
+	for _, s := range []string{"example.com", "bücher.de", "[::1]", "a_b", "~", "."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, domain string) {
+		tok := DestToken(domain)
+		if tok == "" || strings.ContainsAny(tok, ".*> \t\r\n") {
+			t.Fatalf("DestToken(%q) = %q is not one subject token", domain, tok)
+		}
+		norm := strings.ToLower(strings.TrimSuffix(domain, "."))
+		if norm != "" && !strings.Contains(norm, "_") {
+			if back := DomainFromToken(tok); back != norm {
+				t.Fatalf("DomainFromToken(DestToken(%q)) = %q", domain, back)
+			}
+		}
+	})
+}

@@ -1,0 +1,169 @@
+package contracts
+
+import (
+	"strings"
+)
+
+// Streams, buckets and consumers that make up the pipeline on the broker.
+const (
+	// StreamQueue is the live queue: a WorkQueue stream holding jobs that are
+	// ready for delivery and scheduled retries. An acknowledged job is gone.
+	StreamQueue = "MAILQ"
+	// StreamDeadLetter holds one record per dead job (Limits retention,
+	// MaxAge = deadletter.retention).
+	StreamDeadLetter = "MAILDLQ"
+	// BucketBodies is the Object Store bucket for bodies above the inline
+	// limit. Object names are job body names (see [BodyObjectName]).
+	BucketBodies = "MAILBODY"
+	// BucketBodyRefs is the key-value bucket that records, per body object,
+	// which jobs and dead letters still need it.
+	BucketBodyRefs = "MAILREFS"
+	// ConsumerDelivery is the durable pull consumer that all delivery
+	// workers share.
+	ConsumerDelivery = "delivery"
+)
+
+// Subject layout. Every subject of the queue stream starts with
+// SubjectQueuePrefix; every dead letter with SubjectDeadLetterPrefix.
+const (
+	SubjectQueuePrefix      = "mailq."
+	SubjectJobPrefix        = "mailq.job."   // + dest + "." + job id: ready for delivery
+	SubjectSchedulePrefix   = "mailq.sched." // + dest + "." + job id: a retry waiting for its time
+	SubjectDeadLetterPrefix = "maildlq."     // + dead-letter id
+
+	// SubjectJobsAll matches every ready job (the delivery consumer's filter).
+	SubjectJobsAll = "mailq.job.>"
+	// SubjectSchedulesAll matches every scheduled retry.
+	SubjectSchedulesAll = "mailq.sched.>"
+	// SubjectDeadLettersAll matches every dead letter.
+	SubjectDeadLettersAll = "maildlq.>"
+)
+
+// Message headers jetrelay sets besides the NATS ones.
+const (
+	// HeaderMsgID is the NATS de-duplication header. Every publish carries a
+	// deterministic value so that a republish after a crash is a no-op.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderQueueID repeats the queue ID outside the payload so that tools
+	// (nats CLI, logs) can follow a message without decoding it.
+	HeaderQueueID = "Jetrelay-Queue-Id"
+	// HeaderKind says what the payload is: KindJob or KindDeadLetter.
+	HeaderKind = "Jetrelay-Kind"
+	// HeaderAttempt carries Job.Attempt, for the same reason.
+	HeaderAttempt = "Jetrelay-Attempt"
+	// HeaderScheduler is set by the NATS server on a message produced by a
+	// schedule; the value is the schedule's subject.
+	HeaderScheduler = "Nats-Scheduler"
+	// HeaderSchedule is the schedule of a scheduled message ("@at <RFC 3339>").
+	HeaderSchedule = "Nats-Schedule"
+)
+
+// Values of HeaderKind.
+const (
+	KindJob        = "job"
+	KindDeadLetter = "deadletter"
+)
+
+// MultiDest is the destination token of a job whose recipients span more
+// than one domain. It cannot collide with an encoded domain: '~' only ever
+// starts a two-digit hex escape there.
+const MultiDest = "~multi"
+
+// DestToken encodes a recipient domain as one NATS subject token: lower
+// case, '.' becomes '_', and every byte outside [a-z0-9-] becomes "~xx"
+// (hex). RFC 5321 host names contain no '_', so the mapping is reversible
+// for them, and IDNs, address literals and odd bytes stay one token.
+func DestToken(domain string) string {
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if domain == "" {
+		return "~"
+	}
+	var b strings.Builder
+	b.Grow(len(domain))
+	const hex = "0123456789abcdef"
+	for i := 0; i < len(domain); i++ {
+		c := domain[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+			b.WriteByte(c)
+		case c == '.':
+			b.WriteByte('_')
+		default:
+			b.WriteByte('~')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&0x0f])
+		}
+	}
+	return b.String()
+}
+
+// DomainFromToken reverses [DestToken]. It returns "" for MultiDest and for
+// tokens that DestToken cannot produce.
+func DomainFromToken(tok string) string {
+	if tok == MultiDest || tok == "" || tok == "~" {
+		return ""
+	}
+	var b strings.Builder
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		switch {
+		case c == '_':
+			b.WriteByte('.')
+		case c == '~':
+			if i+2 >= len(tok) {
+				return ""
+			}
+			hi, ok1 := unhex(tok[i+1])
+			lo, ok2 := unhex(tok[i+2])
+			if !ok1 || !ok2 {
+				return ""
+			}
+			b.WriteByte(hi<<4 | lo)
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// JobSubject is the subject of a job that is ready for delivery.
+func JobSubject(dest, jobID string) string {
+	return SubjectJobPrefix + dest + "." + jobID
+}
+
+// ScheduleSubject is the subject of a retry waiting for its time. The NATS
+// scheduler keeps one schedule per subject, so publishing again replaces it
+// (this is how "retry now" works).
+func ScheduleSubject(dest, jobID string) string {
+	return SubjectSchedulePrefix + dest + "." + jobID
+}
+
+// DeadLetterSubject is the subject of one dead letter.
+func DeadLetterSubject(id string) string {
+	return SubjectDeadLetterPrefix + id
+}
+
+// ParseQueueSubject splits a job or schedule subject into its kind
+// ("job" or "sched"), destination token and job ID.
+func ParseQueueSubject(subject string) (kind, dest, jobID string, ok bool) {
+	rest, found := strings.CutPrefix(subject, SubjectQueuePrefix)
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 || (parts[0] != "job" && parts[0] != "sched") {
+		return "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], true
+}
