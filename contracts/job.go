@@ -38,9 +38,9 @@ type Job struct {
 	// ReceivedAt, except for a replayed dead letter, which gets a fresh one.
 	FirstSeen time.Time `json:"first_seen"`
 
-	Client Client     `json:"client"`
-	From   string     `json:"from"` // envelope sender without angle brackets; "" is the null sender <>
-	Params MailParams `json:"params"`
+	Client Client      `json:"client"`
+	From   string      `json:"from"` // envelope sender without angle brackets; "" is the null sender <>
+	Params MailParams  `json:"params"`
 	Rcpts  []Recipient `json:"rcpts"`
 	Body   Body        `json:"body"`
 

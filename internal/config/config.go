@@ -1,0 +1,278 @@
+// Package config is jetrelay's configuration: the YAML schema with the key
+// names of the design, defaults that make a zero-config start work, and the
+// layering defaults → file → environment (JETRELAY_<SECTION>_<KEY>) →
+// command-line flags.
+//
+// Invariants: Load never returns a config that skipped a layer silently; an
+// unknown key in the file is an error (typos are the commonest config bug);
+// Validate reports every problem at once; Redacted never shows a secret.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration. The YAML key names are part of the
+// product's interface.
+type Config struct {
+	// Hostname is the FQDN used in the banner, in EHLO and in Received.
+	Hostname string `yaml:"hostname"`
+	// DataDir holds the embedded broker's storage and its generated
+	// credentials.
+	DataDir    string     `yaml:"data_dir"`
+	Broker     Broker     `yaml:"broker"`
+	Ingress    Ingress    `yaml:"ingress"`
+	Delivery   Delivery   `yaml:"delivery"`
+	DeadLetter DeadLetter `yaml:"deadletter"`
+	HTTP       HTTP       `yaml:"http"`
+	Log        Log        `yaml:"log"`
+}
+
+// Broker is the NATS JetStream connection and, for serve and broker, the
+// embedded server.
+type Broker struct {
+	// URL lists the NATS servers to connect to ("nats://a:4222,nats://b:4222").
+	// Empty: serve runs an embedded server; the other commands connect to the
+	// embedded server of the same data_dir (address and credentials from
+	// data_dir/broker.json).
+	URL StringList `yaml:"url"`
+	// Listen is the embedded server's client address for other processes and
+	// the CLI, e.g. 127.0.0.1:4222. Empty picks a free loopback port; either
+	// way the address is written to data_dir/broker.json, where the other
+	// commands of the same data_dir find it. "off" runs the embedded server
+	// without a TCP port at all (serve only; the CLI then cannot reach it).
+	Listen string `yaml:"listen"`
+	// Replicas of every stream and bucket: 1 on one node, 3 on a cluster.
+	Replicas int `yaml:"replicas"`
+	// Credentials is a NATS .creds file (JWT + NKey).
+	Credentials  string    `yaml:"credentials"`
+	User         string    `yaml:"user"`
+	Password     string    `yaml:"password" secret:"true"`
+	PasswordFile string    `yaml:"password_file"`
+	Token        string    `yaml:"token" secret:"true"`
+	NKeyFile     string    `yaml:"nkey_file"`
+	TLS          TLSClient `yaml:"tls"`
+
+	// SyncInterval is the embedded server's JetStream fsync policy: "always"
+	// (fsync before every acknowledgement: the relay's 250 then survives a
+	// power cut) or a duration such as "2m" (NATS's own default: faster, but
+	// a power cut can lose acknowledged mail; a crash of the process cannot).
+	SyncInterval string `yaml:"sync_interval"`
+	// MaxStore caps the embedded server's JetStream file storage (0: NATS's
+	// default, most of the free disk).
+	MaxStore ByteSize `yaml:"max_store"`
+	// InlineMaxBytes: bodies up to this size travel inside the job message;
+	// larger ones go to the object store. It is capped at the server's
+	// max_payload minus room for the envelope.
+	InlineMaxBytes ByteSize `yaml:"inline_max_bytes"`
+	// PublishTimeout bounds the wait for the broker's acknowledgement; past
+	// it the client gets 451 4.3.0.
+	PublishTimeout Duration `yaml:"publish_timeout"`
+	// DedupeWindow is the stream's duplicate window for Nats-Msg-Id. It costs
+	// memory in proportion to the message rate.
+	DedupeWindow Duration `yaml:"dedupe_window"`
+	// AckWait is how long a job may go without a sign of life before the
+	// broker gives it to another worker. Workers send progress every
+	// AckWait/4 during long deliveries.
+	AckWait Duration `yaml:"ack_wait"`
+}
+
+// TLSClient configures TLS toward the NATS servers.
+type TLSClient struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Ingress is the SMTP front door.
+type Ingress struct {
+	Listen        StringList `yaml:"listen"`
+	TLSListen     StringList `yaml:"tls_listen"`
+	TLS           TLSFiles   `yaml:"tls"`
+	RelayNetworks StringList `yaml:"relay_networks"`
+	UsersFile     string     `yaml:"users_file"`
+	// MaxMessageBytes is advertised as SIZE and enforced.
+	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
+	MaxRecipients   int      `yaml:"max_recipients"`
+	// ReadTimeout is the idle limit for every read from a client, in
+	// commands and inside DATA alike: a slow but steady upload never times
+	// out, a stalled one does (RFC 5321 §4.5.3.2 asks for at least 5 minutes).
+	ReadTimeout  Duration `yaml:"read_timeout"`
+	WriteTimeout Duration `yaml:"write_timeout"`
+	// AllowInsecureAuth offers AUTH on connections without TLS.
+	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
+	// RequireTLS refuses MAIL before STARTTLS for clients outside
+	// relay_networks.
+	RequireTLS bool `yaml:"require_tls"`
+	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions.
+	MaxConnections      int `yaml:"max_connections"`
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxErrors is how many failed commands a session may have before it is
+	// disconnected with 421.
+	MaxErrors int `yaml:"max_errors"`
+	// MaxReceivedHeaders: a message with more Received headers is a loop.
+	MaxReceivedHeaders int `yaml:"max_received_headers"`
+	// AddMissingHeaders adds Message-ID and Date when a message has none.
+	AddMissingHeaders *bool `yaml:"add_missing_headers"`
+	// BareLineEndings decides what happens to a bare CR or LF in DATA:
+	// "reject" (550 5.5.2, like Postfix's smtpd_forbid_bare_newline) or
+	// "normalize" (rewrite to CRLF).
+	BareLineEndings string `yaml:"bare_line_endings"`
+	// AuthFailureLimit failed AUTH attempts from one IP within
+	// AuthFailureWindow lock that IP out for AuthLockout.
+	AuthFailureLimit  int      `yaml:"auth_failure_limit"`
+	AuthFailureWindow Duration `yaml:"auth_failure_window"`
+	AuthLockout       Duration `yaml:"auth_lockout"`
+	// ShutdownGrace is how long a stopping ingress lets sessions in flight
+	// finish before it closes them.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+}
+
+// TLSFiles names a certificate and its key.
+type TLSFiles struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Delivery is the outbound side.
+type Delivery struct {
+	// Port is the TCP port for direct MX delivery.
+	Port int `yaml:"port"`
+	// Smarthost is one next hop "host:port", or an ordered list for
+	// failover; empty means direct MX delivery.
+	Smarthost               StringList `yaml:"smarthost"`
+	SmarthostTLS            string     `yaml:"smarthost_tls"`
+	SmarthostUsername       string     `yaml:"smarthost_username"`
+	SmarthostPassword       string     `yaml:"smarthost_password" secret:"true"`
+	SmarthostPasswordFile   string     `yaml:"smarthost_password_file"`
+	SmarthostTLSSkipVerify  bool       `yaml:"smarthost_tls_skip_verify"`
+	SmarthostAllowPlainAuth bool       `yaml:"smarthost_allow_plain_auth"`
+	// MXTLS is the TLS policy for direct MX delivery.
+	MXTLS string `yaml:"mx_tls"`
+	// Routes maps a recipient domain to its own next hop.
+	Routes map[string]Route `yaml:"routes"`
+	// Concurrency is the number of jobs one worker process handles at once.
+	Concurrency int   `yaml:"concurrency"`
+	Retry       Retry `yaml:"retry"`
+	// DelayWarning sends a "delayed" DSN once a message has waited this long
+	// (0 disables).
+	DelayWarning Duration `yaml:"delay_warning"`
+	// DNSServer is the resolver "host:port" for MX lookups; empty uses the
+	// system resolver.
+	DNSServer string `yaml:"dns_server"`
+	// MaxMXHosts caps the MX hosts tried per attempt.
+	MaxMXHosts int `yaml:"max_mx_hosts"`
+	// MaxMessagesPerConnection: connections to a next hop are reused for up
+	// to this many messages.
+	MaxMessagesPerConnection int `yaml:"max_messages_per_connection"`
+	// MaxPerDestination caps concurrent connections to one next hop per
+	// worker process.
+	MaxPerDestination int `yaml:"max_per_destination"`
+	// ConnectTimeout bounds TCP connect (and the TLS handshake).
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// IdleTimeout closes a cached connection unused this long.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// ShutdownGrace lets attempts in flight finish on SIGTERM.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+}
+
+// Route is the next hop for one recipient domain.
+type Route struct {
+	// Host is "host:port"; Hosts an ordered failover list (Host first).
+	Host          string     `yaml:"host"`
+	Hosts         StringList `yaml:"hosts"`
+	TLS           string     `yaml:"tls"`
+	TLSSkipVerify bool       `yaml:"tls_skip_verify"`
+	Username      string     `yaml:"username"`
+	Password      string     `yaml:"password" secret:"true"`
+	PasswordFile  string     `yaml:"password_file"`
+	// AllowPlainAuth permits AUTH without TLS on this route.
+	AllowPlainAuth bool `yaml:"allow_plain_auth"`
+}
+
+// Retry is the schedule for temporary failures.
+type Retry struct {
+	// Schedule lists the waits before each retry; the last one repeats.
+	Schedule []Duration `yaml:"schedule"`
+	// MaxAge is the queue lifetime: past it a message is dead-lettered and
+	// bounced (Postfix's maximal_queue_lifetime).
+	MaxAge Duration `yaml:"max_age"`
+	// Jitter spreads retries by up to this fraction of the wait (0.1 = ±10%).
+	Jitter float64 `yaml:"jitter"`
+}
+
+// DeadLetter is the dead-letter stream.
+type DeadLetter struct {
+	Retention Duration `yaml:"retention"`
+}
+
+// HTTP serves /metrics, /healthz and /readyz.
+type HTTP struct {
+	Listen string `yaml:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Default returns the configuration used when nothing else is given: a
+// relay for loopback clients on 127.0.0.1:2525 with its data under ./data.
+func Default() *Config {
+	t := true
+	return &Config{
+		Hostname: defaultHostname(),
+		DataDir:  defaultDataDir(),
+		Broker: Broker{
+			Replicas:       1,
+			SyncInterval:   "always",
+			InlineMaxBytes: 256 << 10,
+			PublishTimeout: Duration(10 * time.Second),
+			DedupeWindow:   Duration(20 * time.Minute),
+			AckWait:        Duration(60 * time.Second),
+		},
+		Ingress: Ingress{
+			Listen:              StringList{"127.0.0.1:2525"},
+			RelayNetworks:       StringList{"127.0.0.0/8", "::1/128"},
+			MaxMessageBytes:     26214400,
+			MaxRecipients:       100,
+			ReadTimeout:         Duration(5 * time.Minute),
+			WriteTimeout:        Duration(5 * time.Minute),
+			MaxConnections:      1000,
+			MaxConnectionsPerIP: 100,
+			MaxErrors:           10,
+			MaxReceivedHeaders:  50,
+			AddMissingHeaders:   &t,
+			BareLineEndings:     "reject",
+			AuthFailureLimit:    5,
+			AuthFailureWindow:   Duration(10 * time.Minute),
+			AuthLockout:         Duration(15 * time.Minute),
+			ShutdownGrace:       Duration(30 * time.Second),
+		},
+		Delivery: Delivery{
+			Port:                     25,
+			SmarthostTLS:             "opportunistic",
+			MXTLS:                    "opportunistic",
+			Concurrency:              32,
+			DelayWarning:             Duration(12 * time.Hour),
+			MaxMXHosts:               5,
+			MaxMessagesPerConnection: 100,
+			MaxPerDestination:        20,
+			ConnectTimeout:           Duration(30 * time.Second),
+			IdleTimeout:              Duration(30 * time.Second),
+			ShutdownGrace:            Duration(30 * time.Second),
+			Retry: Retry{
+				Schedule: []Duration{
+					Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
+					Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
+				},
+				MaxAge: Duration(120 * time.Hour),
+				Jitter: 0.1,
+			},
+		},
+		DeadLetter: DeadLetter{Retention: Duration(720 * time.Hour)},
+		HTTP:       HTTP{Listen: "127.0.0.1:8025"},
+		Log:        Log{Level: "info", Format: "json"},
+	}
+}

@@ -1,0 +1,228 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// designSample is the configuration block of design.md, verbatim in its
+// keys: these spellings are part of the product's interface.
+const designSample = `
+hostname: relay.example.com
+data_dir: ./data
+broker:
+  url: ""
+  listen: ""
+  replicas: 1
+  credentials: ""
+ingress:
+  listen: ["127.0.0.1:2525"]
+  tls_listen: []
+  tls: { cert: "", key: "" }
+  relay_networks: ["127.0.0.0/8", "::1/128"]
+  users_file: ""
+  max_message_bytes: 26214400
+  max_recipients: 100
+delivery:
+  port: 25
+  smarthost: ""
+  smarthost_tls: opportunistic
+  smarthost_username: ""
+  smarthost_password: ""
+  routes: {}
+  concurrency: 32
+  retry: { schedule: [1m, 5m, 15m, 30m, 1h, 2h, 4h], max_age: 120h }
+  dns_server: ""
+deadletter:
+  retention: 720h
+http:
+  listen: "127.0.0.1:8025"
+log:
+  level: info
+  format: json
+`
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "jetrelay.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsValidate(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	d := Default()
+	if d.Ingress.Listen[0] != "127.0.0.1:2525" || d.DataDir != "./data" || d.Ingress.MaxMessageBytes != 26214400 {
+		t.Fatalf("zero-config defaults changed: %+v", d.Ingress)
+	}
+}
+
+func TestDesignSampleLoads(t *testing.T) {
+	cfg, _, err := Load(writeFile(t, designSample), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("design sample does not validate: %v", err)
+	}
+	if cfg.Hostname != "relay.example.com" || len(cfg.Delivery.Retry.Schedule) != 7 ||
+		cfg.Delivery.Retry.Schedule[4].D() != time.Hour || cfg.Delivery.Retry.MaxAge.D() != 120*time.Hour ||
+		len(cfg.Delivery.Smarthost) != 0 || len(cfg.Broker.URL) != 0 {
+		t.Fatalf("unexpected values: %+v", cfg)
+	}
+}
+
+func TestLayering(t *testing.T) {
+	file := writeFile(t, `
+hostname: from-file.example
+delivery:
+  smarthost: "mail.example.com:587"
+  retry: { schedule: [1m], max_age: 5d }
+  routes:
+    corp.example: { host: "10.0.0.5:25", tls: required }
+`)
+	env := []string{
+		"JETRELAY_HOSTNAME=from-env.example",
+		"JETRELAY_INGRESS_LISTEN=127.0.0.1:2526, [::1]:2526",
+		"JETRELAY_DELIVERY_RETRY_SCHEDULE=10s,1m",
+		"JETRELAY_INGRESS_MAX_MESSAGE_BYTES=10MiB",
+		"JETRELAY_NO_SUCH_KEY=1",
+		"PATH=/usr/bin",
+	}
+	cfg, src, err := Load(file, env, map[string]string{"hostname": "from-flag.example", "delivery.concurrency": "4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hostname != "from-flag.example" {
+		t.Errorf("flag did not win: %q", cfg.Hostname)
+	}
+	if got := strings.Join(cfg.Ingress.Listen, "|"); got != "127.0.0.1:2526|[::1]:2526" {
+		t.Errorf("env list: %q", got)
+	}
+	if cfg.Delivery.Retry.Schedule[0].D() != 10*time.Second || cfg.Delivery.Retry.MaxAge.D() != 120*time.Hour {
+		t.Errorf("retry: %+v", cfg.Delivery.Retry)
+	}
+	if cfg.Ingress.MaxMessageBytes != 10<<20 || cfg.Delivery.Concurrency != 4 {
+		t.Errorf("sizes/ints: %d %d", cfg.Ingress.MaxMessageBytes, cfg.Delivery.Concurrency)
+	}
+	if cfg.Delivery.Smarthost[0] != "mail.example.com:587" || cfg.Delivery.Routes["corp.example"].TLS != "required" {
+		t.Errorf("file values lost: %+v", cfg.Delivery)
+	}
+	if len(src.Warnings) != 1 || !strings.Contains(src.Warnings[0], "JETRELAY_NO_SUCH_KEY") {
+		t.Errorf("warnings: %v", src.Warnings)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("validate: %v", err)
+	}
+}
+
+func TestUnknownKeyIsAnError(t *testing.T) {
+	_, _, err := Load(writeFile(t, "ingress:\n  lisen: [\"127.0.0.1:25\"]\n"), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "lisen") {
+		t.Fatalf("typo not reported: %v", err)
+	}
+}
+
+func TestValidateReportsEverything(t *testing.T) {
+	cfg := Default()
+	cfg.Ingress.RelayNetworks = StringList{"10.0.0.0/33", "not-an-ip"}
+	cfg.Delivery.SmarthostTLS = "sometimes"
+	cfg.Delivery.Smarthost = StringList{"no-port"}
+	cfg.Delivery.Concurrency = 0
+	cfg.Log.Level = "loud"
+	cfg.Broker.URL = StringList{"http://x:1"}
+	cfg.Delivery.Routes = map[string]Route{"corp.example": {}}
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("no errors")
+	}
+	for _, want := range []string{
+		`ingress.relay_networks: "10.0.0.0/33"`, `ingress.relay_networks: "not-an-ip"`,
+		"delivery.smarthost_tls", `delivery.smarthost: "no-port"`, "delivery.concurrency",
+		"log.level", "broker.url", "delivery.routes.corp.example: needs host",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	cfg := Default()
+	cfg.Delivery.SmarthostPassword = "hunter2"
+	cfg.Broker.Token = "s3cret"
+	cfg.Delivery.Routes = map[string]Route{"corp.example": {Host: "10.0.0.5:25", Password: "routepw", Username: "u"}}
+	out, err := cfg.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"hunter2", "s3cret", "routepw"} {
+		if strings.Contains(string(out), secret) {
+			t.Errorf("secret %q in output:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(string(out), "<redacted>") {
+		t.Error("no redaction marker")
+	}
+	if cfg.Delivery.SmarthostPassword != "hunter2" || cfg.Delivery.Routes["corp.example"].Password != "routepw" {
+		t.Error("Redacted modified the config")
+	}
+	// The rendered config loads back.
+	if _, _, err := Load(writeFile(t, string(out)), nil, nil); err != nil {
+		t.Errorf("redacted output does not load: %v", err)
+	}
+}
+
+func TestParseDurationAndSize(t *testing.T) {
+	durs := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"90s", 90 * time.Second, true}, {"5m", 5 * time.Minute, true}, {"120h", 120 * time.Hour, true},
+		{"5d", 120 * time.Hour, true}, {"2w", 14 * 24 * time.Hour, true}, {"0", 0, true},
+		{"", 0, false}, {"5", 0, false}, {"-1m", 0, false}, {"xd", 0, false},
+	}
+	for _, tc := range durs {
+		got, err := ParseDuration(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && got.D() != tc.want) {
+			t.Errorf("ParseDuration(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+	sizes := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"26214400", 26214400, true}, {"25MiB", 25 << 20, true}, {"10MB", 10e6, true},
+		{"512KiB", 512 << 10, true}, {"1GiB", 1 << 30, true}, {"-1", 0, false}, {"lots", 0, false},
+	}
+	for _, tc := range sizes {
+		got, err := ParseByteSize(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && int64(got) != tc.want) {
+			t.Errorf("ParseByteSize(%q) = %v, %v", tc.in, got, err)
+		}
+	}
+	for _, d := range []Duration{Duration(5 * time.Minute), Duration(120 * time.Hour), Duration(90 * time.Second)} {
+		back, err := ParseDuration(d.String())
+		if err != nil || back != d {
+			t.Errorf("%v does not round trip: %v %v", d, back, err)
+		}
+	}
+}
+
+func TestSetUnknownKey(t *testing.T) {
+	if err := Default().Set("ingress.nope", "1"); err == nil {
+		t.Fatal("unknown key accepted")
+	}
+	if len(Keys()) < 40 {
+		t.Fatalf("Keys() = %d keys", len(Keys()))
+	}
+}

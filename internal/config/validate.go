@@ -1,0 +1,286 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TLS policies for outbound connections.
+const (
+	TLSNone          = "none"
+	TLSOpportunistic = "opportunistic"
+	TLSRequired      = "required"
+	TLSImplicit      = "implicit"
+)
+
+// Validate checks the whole configuration and returns every problem found,
+// joined, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+
+	if c.Hostname == "" {
+		add("hostname", "must not be empty")
+	} else if strings.ContainsAny(c.Hostname, " \t\r\n<>[]@") {
+		add("hostname", "%q is not a host name", c.Hostname)
+	}
+	if c.DataDir == "" {
+		add("data_dir", "must not be empty")
+	}
+
+	// broker
+	for _, u := range c.Broker.URL {
+		pu, err := url.Parse(u)
+		if err != nil || pu.Host == "" {
+			add("broker.url", "%q is not a URL such as nats://host:4222", u)
+			continue
+		}
+		switch pu.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			add("broker.url", "%q: scheme must be nats, tls, ws or wss", u)
+		}
+	}
+	if c.Broker.Listen != "" && c.Broker.Listen != "off" {
+		checkHostPort(add, "broker.listen", c.Broker.Listen, true)
+	}
+	if c.Broker.Replicas < 1 || c.Broker.Replicas > 5 {
+		add("broker.replicas", "must be between 1 and 5, got %d", c.Broker.Replicas)
+	}
+	if c.Broker.SyncInterval != "always" {
+		if _, err := time.ParseDuration(c.Broker.SyncInterval); err != nil {
+			add("broker.sync_interval", "must be \"always\" or a duration such as 2m, got %q", c.Broker.SyncInterval)
+		}
+	}
+	if c.Broker.Password != "" && c.Broker.PasswordFile != "" {
+		add("broker.password_file", "set either password or password_file, not both")
+	}
+	for key, f := range map[string]string{
+		"broker.credentials": c.Broker.Credentials, "broker.password_file": c.Broker.PasswordFile,
+		"broker.nkey_file": c.Broker.NKeyFile, "broker.tls.ca": c.Broker.TLS.CA,
+		"broker.tls.cert": c.Broker.TLS.Cert, "broker.tls.key": c.Broker.TLS.Key,
+	} {
+		checkFile(add, key, f)
+	}
+	if (c.Broker.TLS.Cert == "") != (c.Broker.TLS.Key == "") {
+		add("broker.tls", "cert and key go together")
+	}
+	if c.Broker.InlineMaxBytes < 1024 {
+		add("broker.inline_max_bytes", "must be at least 1024, got %d", c.Broker.InlineMaxBytes)
+	}
+	positive(add, "broker.publish_timeout", c.Broker.PublishTimeout)
+	if c.Broker.DedupeWindow.D() < time.Minute {
+		add("broker.dedupe_window", "must be at least 1m, got %s", c.Broker.DedupeWindow)
+	}
+	if c.Broker.AckWait.D() < 5*time.Second {
+		add("broker.ack_wait", "must be at least 5s, got %s", c.Broker.AckWait)
+	}
+
+	// ingress
+	if len(c.Ingress.Listen) == 0 && len(c.Ingress.TLSListen) == 0 {
+		add("ingress.listen", "at least one of ingress.listen and ingress.tls_listen is needed")
+	}
+	for _, a := range c.Ingress.Listen {
+		checkHostPort(add, "ingress.listen", a, true)
+	}
+	for _, a := range c.Ingress.TLSListen {
+		checkHostPort(add, "ingress.tls_listen", a, true)
+	}
+	if (c.Ingress.TLS.Cert == "") != (c.Ingress.TLS.Key == "") {
+		add("ingress.tls", "cert and key go together")
+	}
+	checkFile(add, "ingress.tls.cert", c.Ingress.TLS.Cert)
+	checkFile(add, "ingress.tls.key", c.Ingress.TLS.Key)
+	if len(c.Ingress.TLSListen) > 0 && c.Ingress.TLS.Cert == "" {
+		add("ingress.tls_listen", "needs ingress.tls.cert and ingress.tls.key")
+	}
+	if c.Ingress.RequireTLS && c.Ingress.TLS.Cert == "" {
+		add("ingress.require_tls", "needs ingress.tls.cert and ingress.tls.key")
+	}
+	for _, n := range c.Ingress.RelayNetworks {
+		if _, err := ParseNetwork(n); err != nil {
+			add("ingress.relay_networks", "%v", err)
+		}
+	}
+	checkFile(add, "ingress.users_file", c.Ingress.UsersFile)
+	if c.Ingress.MaxMessageBytes < 1024 {
+		add("ingress.max_message_bytes", "must be at least 1024, got %d", c.Ingress.MaxMessageBytes)
+	}
+	if c.Ingress.MaxRecipients < 1 {
+		add("ingress.max_recipients", "must be at least 1, got %d", c.Ingress.MaxRecipients)
+	}
+	if c.Ingress.ReadTimeout.D() < time.Second {
+		add("ingress.read_timeout", "must be at least 1s, got %s", c.Ingress.ReadTimeout)
+	}
+	positive(add, "ingress.write_timeout", c.Ingress.WriteTimeout)
+	if c.Ingress.MaxConnections < 1 {
+		add("ingress.max_connections", "must be at least 1")
+	}
+	if c.Ingress.MaxConnectionsPerIP < 1 {
+		add("ingress.max_connections_per_ip", "must be at least 1")
+	}
+	if c.Ingress.MaxErrors < 1 {
+		add("ingress.max_errors", "must be at least 1")
+	}
+	if c.Ingress.MaxReceivedHeaders < 1 {
+		add("ingress.max_received_headers", "must be at least 1")
+	}
+	switch c.Ingress.BareLineEndings {
+	case "reject", "normalize":
+	default:
+		add("ingress.bare_line_endings", "must be reject or normalize, got %q", c.Ingress.BareLineEndings)
+	}
+	if c.Ingress.AuthFailureLimit < 1 {
+		add("ingress.auth_failure_limit", "must be at least 1")
+	}
+
+	// delivery
+	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
+		add("delivery.port", "must be a TCP port, got %d", c.Delivery.Port)
+	}
+	for _, h := range c.Delivery.Smarthost {
+		checkHostPort(add, "delivery.smarthost", h, false)
+	}
+	checkPolicy(add, "delivery.smarthost_tls", c.Delivery.SmarthostTLS)
+	checkPolicy(add, "delivery.mx_tls", c.Delivery.MXTLS)
+	if c.Delivery.MXTLS == TLSImplicit {
+		add("delivery.mx_tls", "implicit TLS is not used toward MX hosts; use opportunistic or required")
+	}
+	if c.Delivery.SmarthostPassword != "" && c.Delivery.SmarthostPasswordFile != "" {
+		add("delivery.smarthost_password_file", "set either smarthost_password or smarthost_password_file, not both")
+	}
+	checkFile(add, "delivery.smarthost_password_file", c.Delivery.SmarthostPasswordFile)
+	if (c.Delivery.SmarthostPassword != "" || c.Delivery.SmarthostPasswordFile != "") && c.Delivery.SmarthostUsername == "" {
+		add("delivery.smarthost_username", "a smart-host password needs a username")
+	}
+	for dom, r := range c.Delivery.Routes {
+		key := "delivery.routes." + dom
+		if dom == "" || strings.ContainsAny(dom, " @") {
+			add(key, "%q is not a domain", dom)
+		}
+		if r.Host == "" && len(r.Hosts) == 0 {
+			add(key, "needs host (or hosts)")
+		}
+		for _, h := range append(StringList{r.Host}, r.Hosts...) {
+			if h != "" {
+				checkHostPort(add, key+".host", h, false)
+			}
+		}
+		if r.TLS != "" {
+			checkPolicy(add, key+".tls", r.TLS)
+		}
+		if r.Password != "" && r.PasswordFile != "" {
+			add(key+".password_file", "set either password or password_file, not both")
+		}
+		checkFile(add, key+".password_file", r.PasswordFile)
+		if (r.Password != "" || r.PasswordFile != "") && r.Username == "" {
+			add(key+".username", "a password needs a username")
+		}
+	}
+	if c.Delivery.Concurrency < 1 || c.Delivery.Concurrency > 10000 {
+		add("delivery.concurrency", "must be between 1 and 10000, got %d", c.Delivery.Concurrency)
+	}
+	if len(c.Delivery.Retry.Schedule) == 0 {
+		add("delivery.retry.schedule", "needs at least one wait")
+	}
+	for _, d := range c.Delivery.Retry.Schedule {
+		if d.D() < time.Second {
+			add("delivery.retry.schedule", "waits must be at least 1s, got %s", d)
+		}
+	}
+	if c.Delivery.Retry.MaxAge.D() < time.Second {
+		add("delivery.retry.max_age", "must be at least 1s, got %s", c.Delivery.Retry.MaxAge)
+	}
+	if c.Delivery.Retry.Jitter < 0 || c.Delivery.Retry.Jitter > 0.5 {
+		add("delivery.retry.jitter", "must be between 0 and 0.5, got %v", c.Delivery.Retry.Jitter)
+	}
+	if c.Delivery.DNSServer != "" {
+		checkHostPort(add, "delivery.dns_server", c.Delivery.DNSServer, false)
+	}
+	if c.Delivery.MaxMXHosts < 1 {
+		add("delivery.max_mx_hosts", "must be at least 1")
+	}
+	if c.Delivery.MaxMessagesPerConnection < 1 {
+		add("delivery.max_messages_per_connection", "must be at least 1")
+	}
+	if c.Delivery.MaxPerDestination < 1 {
+		add("delivery.max_per_destination", "must be at least 1")
+	}
+	positive(add, "delivery.connect_timeout", c.Delivery.ConnectTimeout)
+
+	if c.DeadLetter.Retention.D() < time.Minute {
+		add("deadletter.retention", "must be at least 1m, got %s", c.DeadLetter.Retention)
+	}
+	if c.HTTP.Listen != "" && c.HTTP.Listen != "off" {
+		checkHostPort(add, "http.listen", c.HTTP.Listen, true)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		add("log.level", "must be trace, debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		add("log.format", "must be json or console, got %q", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// ParseNetwork parses a relay_networks entry: a CIDR or a single address.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR (10.0.0.0/8) nor an IP address", s)
+}
+
+func checkHostPort(add func(string, string, ...any), key, v string, listen bool) {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		add(key, "%q is not host:port", v)
+		return
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (!listen && n == 0) {
+		add(key, "%q has no valid port", v)
+	}
+	if !listen && host == "" {
+		add(key, "%q has no host", v)
+	}
+}
+
+func checkPolicy(add func(string, string, ...any), key, v string) {
+	switch v {
+	case TLSNone, TLSOpportunistic, TLSRequired, TLSImplicit:
+	default:
+		add(key, "must be none, opportunistic, required or implicit, got %q", v)
+	}
+}
+
+func checkFile(add func(string, string, ...any), key, path string) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		add(key, "%v", err)
+	}
+}
+
+func positive(add func(string, string, ...any), key string, d Duration) {
+	if d <= 0 {
+		add(key, "must be positive")
+	}
+}
