@@ -2,6 +2,7 @@ package contracts
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"time"
 )
@@ -23,13 +24,16 @@ var queueIDEpoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 // file names, and collide with negligible probability across any number of
 // ingress processes (2^40 values per millisecond).
 func NewQueueID(now time.Time) string {
-	ms := uint64(now.Sub(queueIDEpoch).Milliseconds())
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		// crypto/rand does not fail on supported platforms (Go 1.24+).
 		panic(err)
 	}
-	r := binary.BigEndian.Uint64(rnd[:])
+	return encodeQueueID(now, binary.BigEndian.Uint64(rnd[:]))
+}
+
+func encodeQueueID(t time.Time, r uint64) string {
+	ms := uint64(t.Sub(queueIDEpoch).Milliseconds())
 	var b [QueueIDLen]byte
 	for i := 7; i >= 0; i-- {
 		b[i] = crockford[ms&31]
@@ -76,4 +80,13 @@ func indexCrockford(c byte) int {
 		}
 	}
 	return -1
+}
+
+// DerivedQueueID returns a queue ID that is a pure function of its inputs:
+// the time part from t, the rest from a hash of seed. jetrelay uses it for
+// messages it generates itself (DSNs) so that regenerating one after a
+// crash yields the same ID and the broker drops the duplicate.
+func DerivedQueueID(t time.Time, seed string) string {
+	sum := sha256.Sum256([]byte(seed))
+	return encodeQueueID(t, binary.BigEndian.Uint64(sum[:8]))
 }

@@ -172,6 +172,10 @@ type Delivery struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// IdleTimeout closes a cached connection unused this long.
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// DestinationBackoff: after a destination refused connections, timed
+	// out or answered 421, its jobs are deferred without a try for this
+	// long instead of hammering it (0 disables).
+	DestinationBackoff Duration `yaml:"destination_backoff"`
 	// ShutdownGrace lets attempts in flight finish on SIGTERM.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 }
@@ -261,6 +265,7 @@ func Default() *Config {
 			MaxPerDestination:        20,
 			ConnectTimeout:           Duration(30 * time.Second),
 			IdleTimeout:              Duration(30 * time.Second),
+			DestinationBackoff:       Duration(time.Minute),
 			ShutdownGrace:            Duration(30 * time.Second),
 			Retry: Retry{
 				Schedule: []Duration{

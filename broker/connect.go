@@ -1,0 +1,179 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// ConnectOptions says how to reach the broker.
+type ConnectOptions struct {
+	// Name identifies this client in the server's connection list
+	// ("jetrelay-ingress", "jetrelay-delivery", …).
+	Name string
+	// InProcess connects to an embedded server without a socket.
+	InProcess *server.Server
+	// URLs of the servers (ignored with InProcess).
+	URLs []string
+
+	User, Password  string
+	Token           string
+	CredentialsFile string // .creds (JWT + NKey)
+	NKeyFile        string // NKey seed file
+	CAFile          string
+	CertFile        string
+	KeyFile         string
+
+	// ConnectTimeout bounds the first connection (default 10s). After that
+	// the client reconnects forever in the background.
+	ConnectTimeout time.Duration
+	// RetryOnFailedConnect keeps trying in the background instead of
+	// failing when no server answers at start.
+	RetryOnFailedConnect bool
+}
+
+// Client is a connection to JetStream with jetrelay's streams, buckets and
+// settings. It is safe for concurrent use.
+type Client struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log zerolog.Logger
+	set Settings
+
+	queue   jetstream.Stream
+	dlq     jetstream.Stream
+	bodies  jetstream.ObjectStore
+	refs    jetstream.KeyValue
+	maxData int // largest inline body that fits a message with its envelope
+}
+
+// Connect opens the connection. It does not provision; call Provision (the
+// long-running stages do) or Bind (the CLI does) next.
+func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client, error) {
+	log = log.With().Str("component", "broker").Logger()
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("disconnected from broker")
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("reconnected to broker")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("broker async error")
+		}),
+	}
+	timeout := o.ConnectTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	opts = append(opts, nats.Timeout(timeout))
+	if o.RetryOnFailedConnect {
+		opts = append(opts, nats.RetryOnFailedConnect(true))
+	}
+	if o.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(o.InProcess))
+	}
+	if o.User != "" {
+		opts = append(opts, nats.UserInfo(o.User, o.Password))
+	}
+	if o.Token != "" {
+		opts = append(opts, nats.Token(o.Token))
+	}
+	if o.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	}
+	if o.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker nkey: %w", err)
+		}
+		opts = append(opts, opt)
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	if o.CertFile != "" {
+		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	servers := strings.Join(o.URLs, ",")
+	if o.InProcess == nil && servers == "" {
+		return nil, errors.New("broker: no server URL")
+	}
+	nc, err := nats.Connect(servers, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the broker at %s: %w", redactURLs(o.URLs), err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	c := &Client{nc: nc, js: js, log: log}
+	return c, nil
+}
+
+// Close drains the connection: pending publishes and acks are flushed.
+func (c *Client) Close() {
+	if c == nil || c.nc == nil {
+		return
+	}
+	if err := c.nc.Drain(); err != nil {
+		c.nc.Close()
+	}
+	// Drain is asynchronous; wait for it to finish (bounded).
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.nc.Close()
+}
+
+// Connected reports whether the connection to a server is up.
+func (c *Client) Connected() bool { return c.nc.IsConnected() }
+
+// ServerURL is the server currently connected to, credentials removed.
+func (c *Client) ServerURL() string { return c.nc.ConnectedUrlRedacted() }
+
+// JetStream exposes the JetStream handle for the packages that own a part
+// of the broker layout (deadletter).
+func (c *Client) JetStream() jetstream.JetStream { return c.js }
+
+func redactURLs(urls []string) string {
+	out := make([]string, 0, len(urls))
+	for _, u := range urls {
+		pu, err := url.Parse(u)
+		if err == nil && pu.User != nil {
+			pu.User = url.User("redacted")
+			u = pu.String()
+		}
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return "(in-process)"
+	}
+	return strings.Join(out, ",")
+}
+
+func joinComma(s []string) string { return strings.Join(s, ",") }
+
+func urlUser(user, pass string) *url.Userinfo { return url.UserPassword(user, pass) }

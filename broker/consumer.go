@@ -1,0 +1,120 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Msg is one job handed to a delivery worker. Exactly one of Ack, Nak or
+// Term must be called; InProgress keeps it from being redelivered while a
+// long SMTP session runs.
+type Msg struct {
+	m    jetstream.Msg
+	meta *jetstream.MsgMetadata
+}
+
+// Data is the payload (decode with contracts.DecodeJob).
+func (m *Msg) Data() []byte { return m.m.Data() }
+
+// Subject is the job subject.
+func (m *Msg) Subject() string { return m.m.Subject() }
+
+// Header returns one header value.
+func (m *Msg) Header(key string) string { return m.m.Headers().Get(key) }
+
+// Delivered is how many times the broker has handed out this message (1 on
+// the first delivery).
+func (m *Msg) Delivered() uint64 {
+	if m.meta == nil {
+		return 1
+	}
+	return m.meta.NumDelivered
+}
+
+// StreamSeq is the message's sequence in the queue stream.
+func (m *Msg) StreamSeq() uint64 {
+	if m.meta == nil {
+		return 0
+	}
+	return m.meta.Sequence.Stream
+}
+
+// Ack finishes the job and waits for the broker to confirm it: only then is
+// the job gone from the queue.
+func (m *Msg) Ack(ctx context.Context) error {
+	if err := m.m.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("%w: ack: %v", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Nak hands the job back for redelivery after delay (0: at once).
+func (m *Msg) Nak(delay time.Duration) error {
+	if delay > 0 {
+		return m.m.NakWithDelay(delay)
+	}
+	return m.m.Nak()
+}
+
+// InProgress resets the broker's redelivery timer.
+func (m *Msg) InProgress() error { return m.m.InProgress() }
+
+// ConsumeJobs runs concurrency fetch loops on the shared delivery consumer
+// and calls handle for every job, at most concurrency at a time. Each loop
+// asks the broker for one job only when it is free, so no job waits in a
+// local buffer while its AckWait runs (which would hand it to a second
+// worker). ConsumeJobs returns when ctx is cancelled and every handle call
+// has returned; handle receives a context that is not cancelled with ctx,
+// so attempts in flight can finish (the handler bounds them itself).
+func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(context.Context, *Msg)) error {
+	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, contracts.ConsumerDelivery)
+	if err != nil {
+		return fmt.Errorf("delivery consumer: %w", err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.fetchLoop(ctx, cons, handle)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (c *Client) fetchLoop(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, *Msg)) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		jm, err := cons.Next(jetstream.FetchContext(fctx))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || errors.Is(err, jetstream.ErrNoMessages) {
+				continue // nothing to do for 30s
+			}
+			c.log.Warn().Err(err).Msg("fetching jobs failed, retrying")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			if backoff < 5*time.Second {
+				backoff *= 2
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		meta, _ := jm.Metadata()
+		handle(context.WithoutCancel(ctx), &Msg{m: jm, meta: meta})
+	}
+}

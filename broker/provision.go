@@ -1,0 +1,290 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Settings are the broker-side parameters of the pipeline.
+type Settings struct {
+	Replicas int
+	// DedupeWindow is the Nats-Msg-Id duplicate window of both streams.
+	DedupeWindow time.Duration
+	// AckWait of the delivery consumer.
+	AckWait time.Duration
+	// MaxAckPending caps jobs in flight across all workers (0: 20000).
+	MaxAckPending int
+	// QueueMaxAge is the backstop lifetime of everything in the live queue
+	// and of body objects: delivery.retry.max_age plus the dead-letter
+	// retention plus a margin. Jobs normally leave long before.
+	QueueMaxAge time.Duration
+	// DeadLetterRetention is MaxAge of the dead-letter stream.
+	DeadLetterRetention time.Duration
+	// InlineMaxBytes is the configured inline limit; the effective one also
+	// respects the server's max_payload.
+	InlineMaxBytes int64
+	// PublishTimeout bounds each publish.
+	PublishTimeout time.Duration
+}
+
+func (s *Settings) fill() {
+	if s.Replicas < 1 {
+		s.Replicas = 1
+	}
+	if s.DedupeWindow <= 0 {
+		s.DedupeWindow = 20 * time.Minute
+	}
+	if s.AckWait <= 0 {
+		s.AckWait = time.Minute
+	}
+	if s.MaxAckPending <= 0 {
+		s.MaxAckPending = 20000
+	}
+	if s.DeadLetterRetention <= 0 {
+		s.DeadLetterRetention = 30 * 24 * time.Hour
+	}
+	if s.QueueMaxAge <= 0 {
+		s.QueueMaxAge = 5*24*time.Hour + s.DeadLetterRetention + 24*time.Hour
+	}
+	if s.DedupeWindow > s.QueueMaxAge {
+		s.DedupeWindow = s.QueueMaxAge
+	}
+	if s.InlineMaxBytes <= 0 {
+		s.InlineMaxBytes = 256 << 10
+	}
+	if s.PublishTimeout <= 0 {
+		s.PublishTimeout = 10 * time.Second
+	}
+}
+
+// envelopeRoom is what the inline limit leaves of max_payload for the JSON
+// envelope and headers.
+const envelopeRoom = 64 << 10
+
+// QueueStreamConfig is the live queue: a WorkQueue stream, so an
+// acknowledged job disappears and the stream is exactly what is pending.
+// Retries are scheduled messages (AllowMsgSchedules) that the server turns
+// into jobs when they are due.
+func (s Settings) QueueStreamConfig() jetstream.StreamConfig {
+	s.fill()
+	return jetstream.StreamConfig{
+		Name:              contracts.StreamQueue,
+		Description:       "jetrelay live queue: jobs ready for delivery and scheduled retries",
+		Subjects:          []string{contracts.SubjectQueuePrefix + ">"},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.Replicas,
+		Duplicates:        s.DedupeWindow,
+		MaxAge:            s.QueueMaxAge,
+		Discard:           jetstream.DiscardOld,
+		AllowDirect:       true,
+		AllowMsgTTL:       true,
+		AllowMsgSchedules: true,
+	}
+}
+
+// DeadLetterStreamConfig keeps dead letters for the retention period.
+func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
+	s.fill()
+	return jetstream.StreamConfig{
+		Name:        contracts.StreamDeadLetter,
+		Description: "jetrelay dead letters: messages given up on, for inspection and replay",
+		Subjects:    []string{contracts.SubjectDeadLettersAll},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.Replicas,
+		Duplicates:  s.DedupeWindow,
+		MaxAge:      s.DeadLetterRetention,
+		Discard:     jetstream.DiscardOld,
+		AllowDirect: true,
+	}
+}
+
+// DeliveryConsumerConfig is the one durable consumer all workers share.
+// MaxDeliver is unlimited on purpose: a job that keeps coming back is
+// dead-lettered by the worker itself (reason "poison"), so nothing ever
+// stays stuck in the WorkQueue stream unseen.
+func (s Settings) DeliveryConsumerConfig() jetstream.ConsumerConfig {
+	s.fill()
+	return jetstream.ConsumerConfig{
+		Durable:       contracts.ConsumerDelivery,
+		Description:   "jetrelay delivery workers",
+		FilterSubject: contracts.SubjectJobsAll,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       s.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: s.MaxAckPending,
+		MaxWaiting:    4096,
+		Replicas:      s.Replicas,
+	}
+}
+
+// Provision creates or updates every stream, bucket and consumer jetrelay
+// needs, then binds the client to them. It is idempotent and safe when
+// several processes start at once: creating what exists with the same
+// configuration succeeds, and a cluster that is still electing its leader
+// is waited for (bounded by ctx).
+func (c *Client) Provision(ctx context.Context, s Settings) error {
+	s.fill()
+	c.set = s
+	steps := []struct {
+		what string
+		do   func(context.Context) error
+	}{
+		{"stream " + contracts.StreamQueue, func(ctx context.Context) error {
+			st, err := c.js.CreateOrUpdateStream(ctx, s.QueueStreamConfig())
+			if err == nil {
+				c.queue = st
+			}
+			return err
+		}},
+		{"stream " + contracts.StreamDeadLetter, func(ctx context.Context) error {
+			st, err := c.js.CreateOrUpdateStream(ctx, s.DeadLetterStreamConfig())
+			if err == nil {
+				c.dlq = st
+			}
+			return err
+		}},
+		{"object store " + contracts.BucketBodies, func(ctx context.Context) error {
+			obs, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+				Bucket:      contracts.BucketBodies,
+				Description: "jetrelay message bodies above the inline limit",
+				TTL:         s.QueueMaxAge,
+				Storage:     jetstream.FileStorage,
+				Replicas:    s.Replicas,
+			})
+			if err == nil {
+				c.bodies = obs
+			}
+			return err
+		}},
+		{"key-value " + contracts.BucketBodyRefs, func(ctx context.Context) error {
+			kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      contracts.BucketBodyRefs,
+				Description: "jetrelay: which jobs and dead letters still need each body object",
+				History:     1,
+				TTL:         s.QueueMaxAge,
+				Storage:     jetstream.FileStorage,
+				Replicas:    s.Replicas,
+			})
+			if err == nil {
+				c.refs = kv
+			}
+			return err
+		}},
+		{"consumer " + contracts.ConsumerDelivery, func(ctx context.Context) error {
+			_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.StreamQueue, s.DeliveryConsumerConfig())
+			return err
+		}},
+	}
+	for _, st := range steps {
+		if err := retryTransient(ctx, c, st.what, st.do); err != nil {
+			return fmt.Errorf("provision %s: %w", st.what, err)
+		}
+	}
+	c.setInlineLimit()
+	return nil
+}
+
+// Bind attaches to the streams and buckets without creating or changing
+// them: what the CLI does, so that an operator's command never alters the
+// layout a running relay depends on.
+func (c *Client) Bind(ctx context.Context, s Settings) error {
+	s.fill()
+	c.set = s
+	steps := []struct {
+		what string
+		do   func(context.Context) error
+	}{
+		{"stream " + contracts.StreamQueue, func(ctx context.Context) (err error) {
+			c.queue, err = c.js.Stream(ctx, contracts.StreamQueue)
+			return err
+		}},
+		{"stream " + contracts.StreamDeadLetter, func(ctx context.Context) (err error) {
+			c.dlq, err = c.js.Stream(ctx, contracts.StreamDeadLetter)
+			return err
+		}},
+		{"object store " + contracts.BucketBodies, func(ctx context.Context) (err error) {
+			c.bodies, err = c.js.ObjectStore(ctx, contracts.BucketBodies)
+			return err
+		}},
+		{"key-value " + contracts.BucketBodyRefs, func(ctx context.Context) (err error) {
+			c.refs, err = c.js.KeyValue(ctx, contracts.BucketBodyRefs)
+			return err
+		}},
+	}
+	for _, st := range steps {
+		if err := retryTransient(ctx, c, st.what, st.do); err != nil {
+			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+				return fmt.Errorf("%s does not exist: has a jetrelay stage ever run against this broker? (%w)", st.what, err)
+			}
+			return fmt.Errorf("%s: %w", st.what, err)
+		}
+	}
+	c.setInlineLimit()
+	return nil
+}
+
+func (c *Client) setInlineLimit() {
+	limit := c.set.InlineMaxBytes
+	if mp := c.nc.MaxPayload() - envelopeRoom; mp > 0 && int64(mp) < limit {
+		limit = int64(mp)
+	}
+	c.maxData = int(limit)
+}
+
+// InlineLimit is the largest body that travels inside a job message.
+func (c *Client) InlineLimit() int { return c.maxData }
+
+// retryTransient runs one provisioning call with a short per-call timeout
+// and retries while the error looks like a cluster that is not ready yet
+// (no leader, no responders, timeouts). A request sent before the meta
+// leader exists gets no reply at all, hence the per-call timeout.
+func retryTransient(ctx context.Context, c *Client, what string, do func(context.Context) error) error {
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := do(callCtx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if !transient(err) || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			}
+			return err
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			c.log.Info().Err(err).Str("what", what).Int("attempt", attempt).Msg("broker not ready yet, retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeJetStreamNotEnabled, jetstream.JSErrCodeJetStreamNotEnabledForAccount:
+			return false
+		}
+		// 503 "JetStream system temporarily unavailable", 10008 no leader, …
+		return apiErr.Code == 503 || apiErr.Code == 500 || apiErr.Code == 408
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) ||
+		isNoResponders(err) || isTimeout(err)
+}

@@ -1,0 +1,306 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrUnavailable wraps every failure to reach the broker or to get its
+// acknowledgement in time: callers treat it as temporary.
+var ErrUnavailable = errors.New("broker unavailable")
+
+// ErrBodyNotFound means a job's body object is gone.
+var ErrBodyNotFound = errors.New("body object not found")
+
+// MsgID is the de-duplication ID of the job message for an attempt. The
+// same job at the same attempt always gets the same ID, so republishing
+// after a crash or a lost acknowledgement stores it once.
+func MsgID(j *contracts.Job) string {
+	return j.JobID() + "." + strconv.Itoa(j.Attempt)
+}
+
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.set.PublishTimeout)
+}
+
+func jobMsg(subject string, j *contracts.Job, data []byte) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	m.Header.Set(contracts.HeaderQueueID, j.QueueID)
+	m.Header.Set(contracts.HeaderKind, contracts.KindJob)
+	m.Header.Set(contracts.HeaderAttempt, strconv.Itoa(j.Attempt))
+	return m
+}
+
+// PublishJob makes a job ready for delivery and returns once the broker
+// has stored it (with sync_interval: always, on disk). inline is the body
+// when it travels in the message, nil when it is in the body bucket.
+func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte) error {
+	data, err := contracts.EncodeJob(j, inline)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.JobSubject(j.Dest(), j.JobID()), j, data),
+		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.StreamQueue))
+	if err != nil {
+		return fmt.Errorf("%w: publish job %s: %v", ErrUnavailable, j.JobID(), err)
+	}
+	return nil
+}
+
+// ScheduleJob stores a job that becomes ready at `at`: a NATS message
+// schedule on the job's schedule subject, targeting its job subject. The
+// schedule survives restarts of workers and of the broker; one that came
+// due while the broker was down fires right after it is back.
+func (c *Client) ScheduleJob(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
+	return c.schedule(ctx, j, inline, at, MsgID(j))
+}
+
+// RescheduleJob replaces a pending schedule (same subject) with one due at
+// `at`, e.g. "retry now" from the operator. The de-duplication ID differs
+// from the original's so the broker does not drop it.
+func (c *Client) RescheduleJob(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
+	return c.schedule(ctx, j, inline, at, MsgID(j)+".r"+strconv.FormatInt(time.Now().UnixNano(), 36))
+}
+
+func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, at time.Time, msgID string) error {
+	data, err := contracts.EncodeJob(j, inline)
+	if err != nil {
+		return err
+	}
+	dest, id := j.Dest(), j.JobID()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.ScheduleSubject(dest, id), j, data),
+		jetstream.WithMsgID(msgID),
+		jetstream.WithExpectStream(contracts.StreamQueue),
+		jetstream.WithScheduleAt(at),
+		jetstream.WithScheduleTarget(contracts.JobSubject(dest, id)))
+	if err != nil {
+		return fmt.Errorf("%w: schedule job %s: %v", ErrUnavailable, id, err)
+	}
+	return nil
+}
+
+// PublishDeadLetter stores a dead letter; idempotent per d.ID.
+func (c *Client) PublishDeadLetter(ctx context.Context, d *contracts.DeadLetter, inline []byte) error {
+	data, err := contracts.EncodeDeadLetter(d, inline)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(contracts.DeadLetterSubject(d.ID))
+	m.Data = data
+	m.Header.Set(contracts.HeaderQueueID, d.Job.QueueID)
+	m.Header.Set(contracts.HeaderKind, contracts.KindDeadLetter)
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	_, err = c.js.PublishMsg(ctx, m, jetstream.WithMsgID("dl."+d.ID), jetstream.WithExpectStream(contracts.StreamDeadLetter))
+	if err != nil {
+		return fmt.Errorf("%w: publish dead letter %s: %v", ErrUnavailable, d.ID, err)
+	}
+	return nil
+}
+
+// PutBody streams a body into the body bucket under name and returns its
+// size and hex SHA-256. A failed put leaves no chunks behind.
+func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error) {
+	info, err := c.bodies.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
+	}
+	digest, err := hexDigest(info.Digest)
+	if err != nil {
+		return 0, "", err
+	}
+	return int64(info.Size), digest, nil
+}
+
+// OpenBody streams a body from the bucket. The reader verifies the SHA-256
+// at the end and fails the last Read when it does not match.
+func (c *Client) OpenBody(ctx context.Context, name string) (io.ReadCloser, error) {
+	r, err := c.bodies.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrBodyNotFound, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: open body %s: %v", ErrUnavailable, name, err)
+	}
+	return r, nil
+}
+
+// DeleteBody removes a body object; a missing one is not an error.
+func (c *Client) DeleteBody(ctx context.Context, name string) error {
+	err := c.bodies.Delete(ctx, name)
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("%w: delete body %s: %v", ErrUnavailable, name, err)
+	}
+	return nil
+}
+
+// BodyBucketSize is the stored size of the body bucket in bytes.
+func (c *Client) BodyBucketSize(ctx context.Context) (uint64, error) {
+	st, err := c.bodies.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// CreateBodyRefs records the first holders of a new body object.
+func (c *Client) CreateBodyRefs(ctx context.Context, name string, holders ...string) error {
+	val, _ := json.Marshal(holders)
+	_, err := c.refs.Create(ctx, name, val)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		// A retried ingress publish: make sure the holders are recorded.
+		_, _, err = c.UpdateBodyRefs(ctx, name, nil, holders)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	return nil
+}
+
+// UpdateBodyRefs removes and adds holders of a body object atomically
+// (compare-and-set). It reports how many holders remain and whether every
+// holder in remove was present. When none remain the caller deletes the
+// body with ReleaseBody. A missing key reads as no holders.
+func (c *Client) UpdateBodyRefs(ctx context.Context, name string, remove, add []string) (remaining int, held bool, err error) {
+	for try := 0; try < 50; try++ {
+		entry, err := c.refs.Get(ctx, name)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if len(add) == 0 {
+				return 0, len(remove) == 0, nil
+			}
+			val, _ := json.Marshal(add)
+			if _, err := c.refs.Create(ctx, name, val); errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			} else if err != nil {
+				return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+			}
+			return len(add), len(remove) == 0, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+		}
+		var holders []string
+		if len(entry.Value()) > 0 {
+			if err := json.Unmarshal(entry.Value(), &holders); err != nil {
+				return 0, false, fmt.Errorf("body refs %s: %w", name, err)
+			}
+		}
+		held = true
+		for _, r := range remove {
+			i := slices.Index(holders, r)
+			if i < 0 {
+				held = false
+				continue
+			}
+			holders = slices.Delete(holders, i, i+1)
+		}
+		for _, a := range add {
+			if !slices.Contains(holders, a) {
+				holders = append(holders, a)
+			}
+		}
+		val, _ := json.Marshal(holders)
+		if _, err := c.refs.Update(ctx, name, val, entry.Revision()); err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				continue // lost a race with another worker: read again
+			}
+			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+		}
+		return len(holders), held, nil
+	}
+	return 0, false, fmt.Errorf("%w: body refs %s: too much contention", ErrUnavailable, name)
+}
+
+// BodyHolders lists the holders of a body object (nil when none).
+func (c *Client) BodyHolders(ctx context.Context, name string) ([]string, error) {
+	entry, err := c.refs.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	var holders []string
+	if len(entry.Value()) > 0 {
+		if err := json.Unmarshal(entry.Value(), &holders); err != nil {
+			return nil, fmt.Errorf("body refs %s: %w", name, err)
+		}
+	}
+	return holders, nil
+}
+
+// ReleaseBody deletes a body that no job or dead letter holds any more,
+// then its (empty) holder record.
+func (c *Client) ReleaseBody(ctx context.Context, name string) error {
+	if err := c.DeleteBody(ctx, name); err != nil {
+		return err
+	}
+	if err := c.refs.Purge(ctx, name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	return nil
+}
+
+// hexDigest turns the object store's "SHA-256=<base64url>" into hex.
+func hexDigest(d string) (string, error) {
+	const prefix = "SHA-256="
+	if len(d) < len(prefix) || d[:len(prefix)] != prefix {
+		return "", fmt.Errorf("unexpected object digest %q", d)
+	}
+	raw, err := decodeB64URL(d[len(prefix):])
+	if err != nil {
+		return "", fmt.Errorf("object digest %q: %w", d, err)
+	}
+	const hexdigits = "0123456789abcdef"
+	out := make([]byte, len(raw)*2)
+	for i, b := range raw {
+		out[2*i], out[2*i+1] = hexdigits[b>>4], hexdigits[b&15]
+	}
+	return string(out), nil
+}
+
+func isNoResponders(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}
+
+func decodeB64URL(s string) ([]byte, error) {
+	if b, err := base64.URLEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	return base64.RawURLEncoding.DecodeString(s)
+}
+
+// RetractJob removes a job that is ready for delivery (by its unique
+// subject). It succeeds when the job is not, or no longer, in the queue.
+func (c *Client) RetractJob(ctx context.Context, j *contracts.Job) error {
+	err := c.queue.Purge(ctx, jetstream.WithPurgeSubject(contracts.JobSubject(j.Dest(), j.JobID())))
+	if err != nil {
+		return fmt.Errorf("%w: retract job %s: %v", ErrUnavailable, j.JobID(), err)
+	}
+	return nil
+}

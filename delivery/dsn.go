@@ -1,0 +1,281 @@
+package delivery
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+)
+
+// DSN actions (RFC 3464 §2.3.3).
+const (
+	actionFailed  = "failed"
+	actionDelayed = "delayed"
+	actionRelayed = "relayed"
+)
+
+// maxReturnedBody bounds the original message returned in full in a DSN;
+// above it only the headers come back (Postfix's bounce_size_limit idea).
+const maxReturnedBody = 64 << 10
+
+// dsnRcpt is one recipient line of a DSN.
+type dsnRcpt struct {
+	rcpt  contracts.Recipient
+	reply *contracts.Reply
+	host  string
+}
+
+// notifies reports whether a recipient's NOTIFY asks for this action.
+// Without NOTIFY the defaults of RFC 3461 §4.1 apply: failures always,
+// delays at our discretion (yes, as Postfix and IIS do), success never.
+func notifies(r contracts.Recipient, action string) bool {
+	if len(r.Notify) == 0 {
+		return action == actionFailed || action == actionDelayed
+	}
+	want := map[string]string{actionFailed: "FAILURE", actionDelayed: "DELAY", actionRelayed: "SUCCESS"}[action]
+	for _, n := range r.Notify {
+		if strings.EqualFold(n, "NEVER") {
+			return false
+		}
+		if strings.EqualFold(n, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// mayBounce reports whether a job may cause a DSN at all: never to the null
+// sender, never about a DSN (no bounce loops).
+func mayBounce(j *contracts.Job) bool {
+	return j.From != "" && j.Kind != contracts.KindDSN
+}
+
+// planDSNs adds the DSNs an attempt calls for to the plan.
+func (w *Worker) planDSNs(job *contracts.Job, oc *outcome, p *finalPlan, src bodySource, now time.Time) {
+	if !mayBounce(job) {
+		return
+	}
+	var failed, delayed, relayed []dsnRcpt
+	if p.dead != nil {
+		for _, r := range p.dead.Job.Rcpts {
+			if notifies(r, actionFailed) {
+				failed = append(failed, dsnRcpt{rcpt: r, reply: r.LastReply, host: hostOf(r.LastReply)})
+			}
+		}
+	}
+	if len(p.retries) > 0 && w.opts.DelayWarning > 0 && !job.DelayNotified && now.Sub(job.FirstSeen) >= w.opts.DelayWarning {
+		for _, rj := range p.retries {
+			rj.job.DelayNotified = true
+			for _, r := range rj.job.Rcpts {
+				if notifies(r, actionDelayed) {
+					delayed = append(delayed, dsnRcpt{rcpt: r, reply: r.LastReply, host: hostOf(r.LastReply)})
+				}
+			}
+		}
+	}
+	for _, rr := range oc.delivered {
+		if !rr.group.dsnExt && len(rr.rcpt.Notify) > 0 && notifies(rr.rcpt, actionRelayed) {
+			relayed = append(relayed, dsnRcpt{rcpt: rr.rcpt, reply: rr.reply, host: rr.group.host})
+		}
+	}
+	if len(failed)+len(delayed)+len(relayed) == 0 {
+		return
+	}
+	original := readOriginal(src, job)
+	add := func(action string, rcpts []dsnRcpt) {
+		if len(rcpts) == 0 {
+			return
+		}
+		seed := fmt.Sprintf("%s/%d/%s", job.JobID(), job.Attempt, action)
+		d := &contracts.Job{
+			QueueID:    contracts.DerivedQueueID(job.ReceivedAt, seed),
+			Kind:       contracts.KindDSN,
+			ReceivedAt: now,
+			FirstSeen:  now,
+			Client:     contracts.Client{Addr: "localhost", HELO: w.opts.Hostname, Proto: "DSN"},
+			From:       "",
+			Rcpts:      []contracts.Recipient{{Addr: job.From}},
+			Attempt:    1,
+		}
+		body := buildDSN(w.opts.Hostname, job, action, rcpts, original, d.QueueID, now, job.FirstSeen.Add(w.opts.MaxAge))
+		p.dsns = append(p.dsns, d)
+		p.dsnBodies = append(p.dsnBodies, body)
+	}
+	add(actionFailed, failed)
+	add(actionDelayed, delayed)
+	add(actionRelayed, relayed)
+}
+
+func hostOf(r *contracts.Reply) string {
+	if r == nil {
+		return ""
+	}
+	return r.Host
+}
+
+// original is what a DSN returns of the message.
+type original struct {
+	data    []byte
+	headers bool // only the header section
+}
+
+// readOriginal fetches the message, or its header section when it is large
+// or the sender asked for RET=HDRS.
+func readOriginal(src bodySource, j *contracts.Job) original {
+	wantHeaders := strings.EqualFold(j.Params.Ret, "HDRS") || j.Body.Size > maxReturnedBody
+	var data []byte
+	if src.object == "" {
+		data = src.inline
+	} else {
+		rc, err := src.open()
+		if err != nil {
+			return original{headers: true}
+		}
+		data, _ = io.ReadAll(io.LimitReader(rc, maxReturnedBody+1))
+		rc.Close()
+	}
+	if !wantHeaders && int64(len(data)) <= maxReturnedBody {
+		return original{data: data}
+	}
+	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+		data = data[:i+2]
+	} else if len(data) > maxReturnedBody {
+		data = data[:maxReturnedBody]
+	}
+	return original{data: data, headers: true}
+}
+
+// buildDSN renders an RFC 3464 delivery status notification.
+func buildDSN(hostname string, j *contracts.Job, action string, rcpts []dsnRcpt, orig original, dsnID string, now, retryUntil time.Time) []byte {
+	var b bytes.Buffer
+	boundary := dsnID + "/" + hostname
+	subject := map[string]string{
+		actionFailed:  "Undelivered Mail Returned to Sender",
+		actionDelayed: "Delayed Mail (still being retried)",
+		actionRelayed: "Successful Mail Delivery Report",
+	}[action]
+	fmt.Fprintf(&b, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", hostname)
+	fmt.Fprintf(&b, "To: <%s>\r\n", j.From)
+	fmt.Fprintf(&b, "Subject: %s\r\n", subject)
+	fmt.Fprintf(&b, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Message-ID: <%s@%s>\r\n", dsnID, hostname)
+	b.WriteString("Auto-Submitted: auto-replied\r\n")
+	b.WriteString("MIME-Version: 1.0\r\n")
+	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n", boundary)
+	b.WriteString("\r\nThis is a MIME-encapsulated message.\r\n\r\n")
+
+	// Part 1: for humans.
+	fmt.Fprintf(&b, "--%s\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "This is the mail system at host %s.\r\n\r\n", hostname)
+	switch action {
+	case actionFailed:
+		b.WriteString("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n")
+	case actionDelayed:
+		fmt.Fprintf(&b, "Your message could not be delivered for %s.\r\nIt will be retried until it is %s old.\r\n\r\n",
+			roundDur(now.Sub(j.FirstSeen)), roundDur(retryUntil.Sub(j.FirstSeen)))
+		b.WriteString("THIS IS A WARNING ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE.\r\n")
+	case actionRelayed:
+		b.WriteString("Your message was successfully delivered to the destination(s)\r\nlisted below. If the message was delivered to a mailbox you will\r\nreceive no further notifications.\r\n")
+	}
+	fmt.Fprintf(&b, "\r\nQueue ID: %s\r\n\r\n", j.QueueID)
+	for _, r := range rcpts {
+		fmt.Fprintf(&b, "<%s>: %s\r\n", r.rcpt.Addr, humanReply(r))
+	}
+	b.WriteString("\r\n")
+
+	// Part 2: for machines.
+	fmt.Fprintf(&b, "--%s\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\n", hostname)
+	fmt.Fprintf(&b, "X-Jetrelay-Queue-ID: %s\r\n", j.QueueID)
+	if j.Params.EnvID != "" {
+		fmt.Fprintf(&b, "Original-Envelope-Id: %s\r\n", j.Params.EnvID)
+	}
+	fmt.Fprintf(&b, "Arrival-Date: %s\r\n", j.ReceivedAt.Format(time.RFC1123Z))
+	for _, r := range rcpts {
+		b.WriteString("\r\n")
+		fmt.Fprintf(&b, "Final-Recipient: rfc822; %s\r\n", r.rcpt.Addr)
+		if r.rcpt.ORcpt != "" {
+			fmt.Fprintf(&b, "Original-Recipient: %s\r\n", strings.Replace(r.rcpt.ORcpt, ";", "; ", 1))
+		}
+		fmt.Fprintf(&b, "Action: %s\r\n", action)
+		fmt.Fprintf(&b, "Status: %s\r\n", dsnStatus(action, r.reply))
+		if r.host != "" {
+			fmt.Fprintf(&b, "Remote-MTA: dns; %s\r\n", r.host)
+		}
+		if r.reply != nil && r.reply.Code != 0 {
+			fmt.Fprintf(&b, "Diagnostic-Code: smtp; %s\r\n", oneLine(r.reply.String()))
+		} else if r.reply != nil {
+			fmt.Fprintf(&b, "Diagnostic-Code: X-Jetrelay; %s\r\n", oneLine(r.reply.Text))
+		}
+		fmt.Fprintf(&b, "Last-Attempt-Date: %s\r\n", now.Format(time.RFC1123Z))
+		if action == actionDelayed {
+			fmt.Fprintf(&b, "Will-Retry-Until: %s\r\n", retryUntil.Format(time.RFC1123Z))
+		}
+	}
+	b.WriteString("\r\n")
+
+	// Part 3: the message, or its headers.
+	if orig.data != nil {
+		ct := "message/rfc822"
+		if orig.headers {
+			ct = "text/rfc822-headers"
+		}
+		fmt.Fprintf(&b, "--%s\r\nContent-Description: Undelivered Message\r\nContent-Type: %s\r\n\r\n", boundary, ct)
+		b.Write(orig.data)
+		if !bytes.HasSuffix(orig.data, []byte("\r\n")) {
+			b.WriteString("\r\n")
+		}
+	}
+	fmt.Fprintf(&b, "--%s--\r\n", boundary)
+	return b.Bytes()
+}
+
+// dsnStatus is the RFC 3463 status for a recipient line.
+func dsnStatus(action string, r *contracts.Reply) string {
+	if r != nil && r.Enhanced != "" {
+		if action == actionFailed && strings.HasPrefix(r.Enhanced, "4.") {
+			// Expired after temporary failures: report it as permanent.
+			return "5." + strings.TrimPrefix(r.Enhanced, "4.")
+		}
+		return r.Enhanced
+	}
+	switch action {
+	case actionRelayed:
+		return "2.0.0"
+	case actionDelayed:
+		return "4.0.0"
+	}
+	if r != nil && r.Code/100 == 5 {
+		return "5.0.0"
+	}
+	return "5.4.7" // delivery time expired
+}
+
+func humanReply(r dsnRcpt) string {
+	if r.reply == nil {
+		return "delivered"
+	}
+	if r.host != "" && r.reply.Code != 0 {
+		return fmt.Sprintf("host %s said: %s", r.host, oneLine(r.reply.String()))
+	}
+	return oneLine(r.reply.String())
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+func roundDur(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%d days", int(d.Hours()/24))
+	case d >= 2*time.Hour:
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	case d >= 2*time.Minute:
+		return fmt.Sprintf("%d minutes", int(d.Minutes()))
+	}
+	return d.Round(time.Second).String()
+}

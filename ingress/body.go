@@ -1,0 +1,197 @@
+package ingress
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// lineEndings checks or repairs the line endings of DATA as it streams
+// through. In reject mode the first bare CR or LF fails the read with
+// ErrBareLineEnding (the rest of the message is then drained by go-smtp
+// and the client gets 550 5.5.2 once it has finished sending). In
+// normalize mode every bare CR and bare LF becomes CRLF, so a body that
+// would end a transaction early at a lenient next hop cannot exist after
+// the ingress.
+type lineEndings struct {
+	r         io.Reader
+	normalize bool
+	prevCR    bool   // the last byte handed out was a CR whose LF is still due
+	pending   []byte // normalized bytes not yet handed out
+	buf       []byte
+	err       error
+}
+
+func newLineEndings(r io.Reader, normalize bool) *lineEndings {
+	return &lineEndings{r: r, normalize: normalize}
+}
+
+func (l *lineEndings) Read(p []byte) (int, error) {
+	if len(l.pending) > 0 {
+		n := copy(p, l.pending)
+		l.pending = l.pending[n:]
+		return n, nil
+	}
+	if l.err != nil {
+		return 0, l.err
+	}
+	if !l.normalize {
+		n, err := l.r.Read(p)
+		for i := 0; i < n; i++ {
+			c := p[i]
+			if l.prevCR && c != '\n' {
+				l.err = ErrBareLineEnding
+				return i, l.err
+			}
+			if c == '\n' && !l.prevCR {
+				l.err = ErrBareLineEnding
+				return i, l.err
+			}
+			l.prevCR = c == '\r'
+		}
+		if err == io.EOF && l.prevCR {
+			l.err = ErrBareLineEnding
+			return n, l.err
+		}
+		if err != nil {
+			l.err = err
+		}
+		return n, err
+	}
+	// Normalize: read at most half of p so that the expansion fits.
+	want := len(p) / 2
+	if want == 0 {
+		want = 1
+	}
+	if cap(l.buf) < want {
+		l.buf = make([]byte, want)
+	}
+	n, err := l.r.Read(l.buf[:want])
+	out := p[:0]
+	var spill []byte
+	emit := func(b ...byte) {
+		for _, c := range b {
+			if len(out) < cap(out) && len(out) < len(p) {
+				out = append(out, c)
+			} else {
+				spill = append(spill, c)
+			}
+		}
+	}
+	for _, c := range l.buf[:n] {
+		switch {
+		case l.prevCR && c == '\n':
+			emit('\n')
+			l.prevCR = false
+		case l.prevCR && c == '\r':
+			emit('\n', '\r') // bare CR before another CR
+		case l.prevCR:
+			emit('\n', c)
+			l.prevCR = false
+		case c == '\r':
+			emit('\r')
+			l.prevCR = true
+		case c == '\n':
+			emit('\r', '\n')
+		default:
+			emit(c)
+		}
+	}
+	if err == io.EOF && l.prevCR {
+		emit('\n')
+		l.prevCR = false
+	}
+	l.pending = spill
+	if err != nil {
+		l.err = err
+		if len(out) > 0 || len(spill) > 0 {
+			err = nil // hand out the data first
+		}
+	}
+	return len(out), err
+}
+
+// headerFacts is what the ingress needs to know about the header section.
+type headerFacts struct {
+	received  int
+	messageID bool
+	date      bool
+	complete  bool // the end of the header section was seen
+}
+
+// scanHeaders looks at the header section at the start of b (up to the
+// first empty line).
+func scanHeaders(b []byte) headerFacts {
+	var f headerFacts
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		var line []byte
+		if i < 0 {
+			line, b = b, nil
+		} else {
+			line, b = b[:i], b[i+1:]
+		}
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		if len(line) == 0 {
+			f.complete = true
+			return f
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			continue // folded continuation
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		switch strings.ToLower(string(bytes.TrimRight(line[:colon], " \t"))) {
+		case "received":
+			f.received++
+		case "message-id":
+			f.messageID = true
+		case "date":
+			f.date = true
+		}
+	}
+	return f
+}
+
+// receivedHeader renders our trace header (RFC 5321 §4.4), folded like
+// Postfix's:
+//
+//	Received: from helo ([192.0.2.1])
+//		by relay.example.com (jetrelay) with ESMTPS id 0KQ3H5XZ7M2P9RTA
+//		(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)
+//		for <rcpt@example.com>; Sun, 22 Nov 2026 18:30:00 +0000
+//
+// "for" names the recipient only when there is exactly one, so that a
+// message to many does not disclose the others.
+func receivedHeader(helo, ip, hostname, proto, qid, tlsDesc string, rcpts []string, now time.Time) []byte {
+	var b bytes.Buffer
+	if helo == "" {
+		helo = "unknown"
+	}
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (jetrelay) with %s id %s", sanitizeTrace(helo), ip, hostname, proto, qid)
+	if tlsDesc != "" {
+		fmt.Fprintf(&b, "\r\n\t(using %s)", tlsDesc)
+	}
+	if len(rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitizeTrace(rcpts[0]))
+	}
+	fmt.Fprintf(&b, "; %s\r\n", now.Format(time.RFC1123Z))
+	return b.Bytes()
+}
+
+// sanitizeTrace keeps client-supplied text from breaking the header.
+func sanitizeTrace(s string) string {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x21 || r == 0x7f || r == '(' || r == ')' || r == ';' {
+			return '_'
+		}
+		return r
+	}, s)
+}

@@ -1,0 +1,373 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Queue is what the ingress needs from the broker; *broker.Client has it.
+type Queue interface {
+	// Connected reports whether the broker connection is up; MAIL is
+	// refused with 451 while it is not.
+	Connected() bool
+	// InlineLimit is the largest body that may travel inside the job.
+	InlineLimit() int
+	PublishJob(ctx context.Context, j *contracts.Job, inline []byte) error
+	PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error)
+	CreateBodyRefs(ctx context.Context, name string, holders ...string) error
+	ReleaseBody(ctx context.Context, name string) error
+	// RetractJob removes a job whose publish failed in a way that may
+	// still have stored it (a lost acknowledgement), so that a message
+	// answered with 451 is not delivered as well. Best effort.
+	RetractJob(ctx context.Context, j *contracts.Job) error
+}
+
+// Options configure the ingress (see config.Ingress for their meaning).
+type Options struct {
+	Hostname            string
+	Listen              []string
+	TLSListen           []string
+	TLSConfig           *tls.Config // nil: no STARTTLS and no implicit TLS
+	RelayNetworks       []netip.Prefix
+	Users               *Users // nil: no AUTH
+	MaxMessageBytes     int64
+	MaxRecipients       int
+	ReadTimeout         time.Duration
+	WriteTimeout        time.Duration
+	AllowInsecureAuth   bool
+	RequireTLS          bool
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	MaxErrors           int
+	MaxReceivedHeaders  int
+	AddMissingHeaders   bool
+	NormalizeBareLF     bool
+	AuthFailureLimit    int
+	AuthFailureWindow   time.Duration
+	AuthLockout         time.Duration
+	ShutdownGrace       time.Duration
+	// Registerer receives the ingress metrics (nil: not exported).
+	Registerer prometheus.Registerer
+}
+
+// Server is the SMTP ingress. Create it with New, bind with Listen, run
+// with Serve.
+type Server struct {
+	opts        Options
+	q           Queue
+	log         zerolog.Logger
+	metrics     *metrics
+	authLimiter *authLimiter
+	smtp        *smtp.Server
+
+	listeners    []net.Listener
+	tlsListeners []net.Listener
+
+	draining  atomic.Bool
+	connMu    sync.Mutex
+	connCount int
+	connPerIP map[netip.Addr]int
+	conns     map[*conn]struct{}
+}
+
+// New builds the server.
+func New(opts Options, q Queue, log zerolog.Logger) *Server {
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = 1000
+	}
+	if opts.MaxConnectionsPerIP <= 0 {
+		opts.MaxConnectionsPerIP = opts.MaxConnections
+	}
+	if opts.MaxErrors <= 0 {
+		opts.MaxErrors = 20
+	}
+	if opts.MaxReceivedHeaders <= 0 {
+		opts.MaxReceivedHeaders = 50
+	}
+	if opts.AuthFailureLimit <= 0 {
+		opts.AuthFailureLimit = 5
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 30 * time.Second
+	}
+	s := &Server{
+		opts:        opts,
+		q:           q,
+		log:         log.With().Str("component", "ingress").Logger(),
+		metrics:     newMetrics(opts.Registerer),
+		authLimiter: newAuthLimiter(opts.AuthFailureLimit, opts.AuthFailureWindow, opts.AuthLockout),
+		connPerIP:   map[netip.Addr]int{},
+		conns:       map[*conn]struct{}{},
+	}
+	srv := smtp.NewServer(s)
+	srv.Domain = opts.Hostname
+	srv.MaxMessageBytes = opts.MaxMessageBytes
+	srv.MaxRecipients = opts.MaxRecipients
+	srv.MaxLineLength = 2000
+	// Deadlines are per read and per write on our conn (see conn.Read);
+	// go-smtp's own ReadTimeout would span a whole DATA transfer.
+	srv.ReadTimeout, srv.WriteTimeout = 0, 0
+	srv.TLSConfig = opts.TLSConfig
+	// AUTH over plaintext is refused by the session with 538 5.7.11, which
+	// go-smtp's own check (523) would pre-empt.
+	srv.AllowInsecureAuth = true
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = zerologPrinter{s.log}
+	s.smtp = srv
+	return s
+}
+
+// Listen binds every configured address. After it returns, Addrs and
+// TLSAddrs report the bound addresses (useful with port 0).
+func (s *Server) Listen() error {
+	for _, a := range s.opts.Listen {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("ingress.listen %s: %w", a, err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	for _, a := range s.opts.TLSListen {
+		if s.opts.TLSConfig == nil {
+			s.closeListeners()
+			return errors.New("ingress.tls_listen needs a certificate")
+		}
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("ingress.tls_listen %s: %w", a, err)
+		}
+		s.tlsListeners = append(s.tlsListeners, l)
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range append(s.listeners, s.tlsListeners...) {
+		_ = l.Close()
+	}
+}
+
+// Addrs are the bound plain/STARTTLS addresses.
+func (s *Server) Addrs() []net.Addr {
+	out := make([]net.Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		out[i] = l.Addr()
+	}
+	return out
+}
+
+// TLSAddrs are the bound implicit-TLS addresses.
+func (s *Server) TLSAddrs() []net.Addr {
+	out := make([]net.Addr, len(s.tlsListeners))
+	for i, l := range s.tlsListeners {
+		out[i] = l.Addr()
+	}
+	return out
+}
+
+// Serve accepts sessions until ctx is cancelled, then shuts down
+// gracefully: new connections get 421 4.3.2, sessions between transactions
+// are closed with 421, transactions in flight may finish within
+// ShutdownGrace. Listen must have been called.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, len(s.listeners)+len(s.tlsListeners))
+	for _, l := range s.listeners {
+		go func(l net.Listener) { errc <- s.smtp.Serve(&listener{Listener: l, srv: s}) }(l)
+	}
+	for _, l := range s.tlsListeners {
+		go func(l net.Listener) {
+			errc <- s.smtp.Serve(tls.NewListener(&listener{Listener: l, srv: s, tls: true}, s.opts.TLSConfig))
+		}(l)
+	}
+	for _, a := range s.Addrs() {
+		s.log.Info().Str("addr", a.String()).Msg("listening (SMTP, STARTTLS when a certificate is set)")
+	}
+	for _, a := range s.TLSAddrs() {
+		s.log.Info().Str("addr", a.String()).Msg("listening (implicit TLS)")
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			s.log.Error().Err(err).Msg("listener failed")
+			s.shutdown()
+			return err
+		}
+	}
+	s.shutdown()
+	return nil
+}
+
+func (s *Server) shutdown() {
+	s.draining.Store(true)
+	s.log.Info().Dur("grace", s.opts.ShutdownGrace).Msg("ingress draining: refusing new sessions, finishing transactions in flight")
+	deadline := time.Now().Add(s.opts.ShutdownGrace)
+	for {
+		s.closeIdle()
+		if s.activeConns() == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = s.smtp.Close()
+	s.log.Info().Msg("ingress stopped")
+}
+
+// closeIdle ends every session that is not inside a transaction.
+func (s *Server) closeIdle() {
+	s.connMu.Lock()
+	var idle []*conn
+	for c := range s.conns {
+		if !c.inTxn.Load() {
+			idle = append(idle, c)
+		}
+	}
+	s.connMu.Unlock()
+	for _, c := range idle {
+		c.shutdownIdle()
+	}
+}
+
+func (s *Server) activeConns() int {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	return s.connCount
+}
+
+func (s *Server) relayAllowed(ip netip.Addr) bool {
+	for _, p := range s.opts.RelayNetworks {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// accept reads a message from DATA/BDAT and publishes it. It returns the
+// job and the stored size, or the error that decides the reply.
+func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error) {
+	now := time.Now()
+	rcptAddrs := make([]string, len(ss.rcpts))
+	for i, rc := range ss.rcpts {
+		rcptAddrs[i] = rc.Addr
+	}
+	ip := ss.conn.ip.String()
+	prefix := receivedHeader(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
+
+	body := newLineEndings(r, s.opts.NormalizeBareLF)
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= 1<<20 {
+			bufPool.Put(buf)
+		}
+	}()
+	// Room for the headers we may add, so the inline decision is final.
+	limit := int64(s.q.InlineLimit()) - int64(len(prefix)) - 256
+	if _, err := buf.ReadFrom(io.LimitReader(body, limit+1)); err != nil {
+		return nil, 0, err
+	}
+	facts := scanHeaders(buf.Bytes())
+	if facts.received > s.opts.MaxReceivedHeaders {
+		return nil, 0, fmt.Errorf("%w: %d Received headers", ErrMailLoop, facts.received)
+	}
+	if s.opts.AddMissingHeaders && facts.complete {
+		if !facts.messageID {
+			prefix = fmt.Appendf(prefix, "Message-ID: <%s@%s>\r\n", ss.qid, s.opts.Hostname)
+		}
+		if !facts.date {
+			prefix = fmt.Appendf(prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
+		}
+	}
+
+	job := &contracts.Job{
+		QueueID:    ss.qid,
+		ReceivedAt: now,
+		FirstSeen:  now,
+		Client: contracts.Client{
+			Addr: ss.conn.RemoteAddr().String(), HELO: ss.helo, AuthUser: ss.authUser,
+			TLS: ss.tlsDesc, Proto: ss.proto(),
+		},
+		From:    ss.from,
+		Params:  ss.params,
+		Rcpts:   append([]contracts.Recipient(nil), ss.rcpts...),
+		Attempt: 1,
+	}
+	ctx := context.Background()
+	if int64(buf.Len()) <= limit {
+		// The whole message is in memory: it travels inside the job.
+		inline := make([]byte, 0, len(prefix)+buf.Len())
+		inline = append(append(inline, prefix...), buf.Bytes()...)
+		if err := s.q.PublishJob(ctx, job, inline); err != nil {
+			s.retract(ss, job)
+			return nil, 0, err
+		}
+		return job, int64(len(inline)), nil
+	}
+
+	// Too large to travel inline: stream into the body bucket while
+	// reading the rest from the client.
+	name := ss.qid
+	size, digest, err := s.q.PutBody(ctx, name, io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(buf.Bytes()), body))
+	if body.err != nil && body.err != io.EOF {
+		// The client side failed (size limit, bare LF, timeout): that is
+		// the reason, not the aborted upload.
+		_ = s.q.ReleaseBody(ctx, name)
+		return nil, 0, body.err
+	}
+	if err != nil {
+		_ = s.q.ReleaseBody(ctx, name)
+		return nil, 0, err
+	}
+	job.Body = contracts.Body{Object: name, Size: size, SHA256: digest}
+	if err := s.q.CreateBodyRefs(ctx, name, job.JobID()); err != nil {
+		_ = s.q.ReleaseBody(ctx, name)
+		return nil, 0, err
+	}
+	if err := s.q.PublishJob(ctx, job, nil); err != nil {
+		if s.retract(ss, job) {
+			_ = s.q.ReleaseBody(ctx, name)
+		}
+		// Otherwise the job may still exist (its acknowledgement was lost
+		// and the broker could not be asked): the body stays for it, and
+		// the bucket TTL is the backstop.
+		return nil, 0, err
+	}
+	return job, size, nil
+}
+
+// retract tries, briefly, to remove a job whose publish failed, and
+// reports whether the broker confirmed that it is not in the queue.
+func (s *Server) retract(ss *session, j *contracts.Job) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.q.RetractJob(ctx, j); err != nil {
+		ss.log.Warn().Err(err).Str("msg_id", j.QueueID).
+			Msg("could not confirm that the failed publish left nothing behind; the message may be delivered although the client got 451")
+		return false
+	}
+	return true
+}
+
+// zerologPrinter adapts go-smtp's ErrorLog to zerolog.
+type zerologPrinter struct{ l zerolog.Logger }
+
+func (z zerologPrinter) Printf(format string, v ...any) { z.l.Warn().Msgf(format, v...) }
+func (z zerologPrinter) Println(v ...any)               { z.l.Warn().Msg(fmt.Sprint(v...)) }

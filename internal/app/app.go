@@ -1,0 +1,257 @@
+// Package app wires jetrelay's stages into a running process: the
+// embedded broker, the broker connection and provisioning, the ingress,
+// the delivery worker and the HTTP endpoints. The command line uses it for
+// serve, broker, ingress and delivery; the end-to-end tests use it to run
+// the very same wiring in-process.
+//
+// Invariant: Stop stops the stages in dependency order — ingress and
+// delivery drain first, then the broker connection flushes, and the
+// embedded server stops last — so nothing accepted is left half-written.
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/delivery"
+	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Stages selects what a process runs.
+type Stages struct{ Broker, Ingress, Delivery bool }
+
+// Name is the process role for logs and connection names.
+func (s Stages) Name() string {
+	switch {
+	case s.Broker && (s.Ingress || s.Delivery):
+		return "serve"
+	case s.Broker:
+		return "broker"
+	case s.Ingress && s.Delivery:
+		return "stages"
+	case s.Ingress:
+		return "ingress"
+	}
+	return "delivery"
+}
+
+// Options adjust the wiring for tests.
+type Options struct {
+	// RootCAs for verifying next hops (nil: system roots).
+	RootCAs *x509.CertPool
+	// Timeouts for outbound SMTP (zero: RFC 5321 defaults).
+	Timeouts delivery.Timeouts
+}
+
+// App is a running process.
+type App struct {
+	cfg      *config.Config
+	log      zerolog.Logger
+	reg      *prometheus.Registry
+	emb      *broker.Embedded
+	bc       *broker.Client
+	ingress  *ingress.Server
+	worker   *delivery.Worker
+	reloader *ingress.CertReloader
+	http     *http.Server
+	httpAddr net.Addr
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   chan error
+	once   sync.Once
+}
+
+// Start brings up the stages and returns once they accept work. The
+// caller must call Stop.
+func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App, err error) {
+	log = log.With().Str("process", st.Name()).Logger()
+	ctx, cancel := context.WithCancel(context.Background())
+	a = &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), cancel: cancel, errs: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			a.Stop()
+		}
+	}()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	log.Info().Str("hostname", cfg.Hostname).Msg("starting")
+
+	if st.Broker {
+		a.emb, err = startEmbedded(cfg, log)
+		if err != nil {
+			return a, err
+		}
+		creds := a.emb.Credentials()
+		a.bc, err = broker.Connect(ctx, broker.ConnectOptions{
+			Name: "jetrelay-" + st.Name(), InProcess: a.emb.Server(), User: creds.User, Password: creds.Password,
+		}, log)
+	} else {
+		a.bc, err = ConnectBroker(ctx, cfg, "jetrelay-"+st.Name(), log)
+	}
+	if err != nil {
+		return a, err
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = a.bc.Provision(pctx, BrokerSettings(cfg))
+	pcancel()
+	if err != nil {
+		return a, err
+	}
+	a.reg.MustRegister(broker.NewQueueCollector(a.bc))
+
+	if st.Ingress {
+		opts, rl, err := IngressOptions(cfg, log)
+		if err != nil {
+			return a, err
+		}
+		a.reloader = rl
+		opts.Registerer = a.reg
+		a.ingress = ingress.New(opts, a.bc, log)
+		if err := a.ingress.Listen(); err != nil {
+			return a, err
+		}
+		if rl != nil {
+			a.wg.Add(1)
+			go func() { defer a.wg.Done(); rl.Watch(ctx, 5*time.Second) }()
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := a.ingress.Serve(ctx); err != nil {
+				a.errs <- fmt.Errorf("ingress: %w", err)
+			}
+		}()
+	}
+	if st.Delivery {
+		a.worker, err = NewWorker(cfg, a.bc, log, a.reg, o)
+		if err != nil {
+			return a, err
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := a.worker.Run(ctx); err != nil {
+				a.errs <- fmt.Errorf("delivery: %w", err)
+			}
+		}()
+	}
+	if err := a.startHTTP(); err != nil {
+		return a, err
+	}
+	log.Info().Msg("started")
+	return a, nil
+}
+
+// Errors reports a stage that failed on its own.
+func (a *App) Errors() <-chan error { return a.errs }
+
+// ReloadCertificates re-reads the ingress certificate (SIGHUP).
+func (a *App) ReloadCertificates() {
+	if a.reloader != nil {
+		if err := a.reloader.Reload(); err != nil {
+			a.log.Error().Err(err).Msg("certificate reload failed; keeping the old one")
+		}
+	}
+}
+
+// IngressAddrs are the ingress's bound addresses (plain/STARTTLS).
+func (a *App) IngressAddrs() []net.Addr {
+	if a.ingress == nil {
+		return nil
+	}
+	return a.ingress.Addrs()
+}
+
+// IngressTLSAddrs are the implicit-TLS addresses.
+func (a *App) IngressTLSAddrs() []net.Addr {
+	if a.ingress == nil {
+		return nil
+	}
+	return a.ingress.TLSAddrs()
+}
+
+// HTTPAddr is the bound /metrics address (nil when off).
+func (a *App) HTTPAddr() net.Addr { return a.httpAddr }
+
+// Broker is the process's broker connection.
+func (a *App) Broker() *broker.Client { return a.bc }
+
+// Embedded is the embedded server, when this process runs one.
+func (a *App) Embedded() *broker.Embedded { return a.emb }
+
+// Stop shuts everything down gracefully, in order, and waits.
+func (a *App) Stop() {
+	a.once.Do(func() {
+		a.cancel() // ingress drains, delivery finishes attempts in flight
+		a.wg.Wait()
+		if a.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = a.http.Shutdown(ctx)
+			cancel()
+		}
+		if a.bc != nil {
+			a.bc.Close()
+		}
+		if a.emb != nil {
+			a.emb.Shutdown()
+		}
+		a.log.Info().Msg("stopped")
+	})
+}
+
+func (a *App) ready() error {
+	if a.bc == nil || !a.bc.Connected() {
+		return errors.New("broker connection down")
+	}
+	if a.emb != nil && !a.emb.Ready() {
+		return errors.New("embedded JetStream not ready")
+	}
+	return nil
+}
+
+// startHTTP serves /healthz, /readyz and /metrics on http.listen.
+func (a *App) startHTTP() error {
+	if a.cfg.HTTP.Listen == "" || a.cfg.HTTP.Listen == "off" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := a.ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready:", err)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	l, err := net.Listen("tcp", a.cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http.listen %s: %w", a.cfg.HTTP.Listen, err)
+	}
+	a.httpAddr = l.Addr()
+	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := a.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error().Err(err).Msg("http server failed")
+		}
+	}()
+	a.log.Info().Str("addr", l.Addr().String()).Msg("http: /healthz /readyz /metrics")
+	return nil
+}

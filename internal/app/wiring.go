@@ -1,0 +1,209 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/delivery"
+	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, error) {
+	opts := broker.EmbeddedOptions{
+		DataDir:    cfg.DataDir,
+		Listen:     cfg.Broker.Listen,
+		SyncAlways: cfg.Broker.SyncInterval == "always",
+		MaxStore:   int64(cfg.Broker.MaxStore),
+	}
+	if !opts.SyncAlways {
+		d, _ := time.ParseDuration(cfg.Broker.SyncInterval)
+		opts.SyncInterval = d
+	}
+	return broker.StartEmbedded(opts, log)
+}
+
+// ConnectBroker reaches the broker for a stage or the CLI: broker.url with
+// the configured credentials, or else the embedded broker of the same
+// data_dir through data_dir/broker.json.
+func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zerolog.Logger) (*broker.Client, error) {
+	o := broker.ConnectOptions{
+		Name:            name,
+		URLs:            cfg.Broker.URL,
+		User:            cfg.Broker.User,
+		Password:        cfg.Broker.Password,
+		Token:           cfg.Broker.Token,
+		CredentialsFile: cfg.Broker.Credentials,
+		NKeyFile:        cfg.Broker.NKeyFile,
+		CAFile:          cfg.Broker.TLS.CA,
+		CertFile:        cfg.Broker.TLS.Cert,
+		KeyFile:         cfg.Broker.TLS.Key,
+	}
+	if cfg.Broker.PasswordFile != "" {
+		p, err := readSecret(cfg.Broker.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker.password_file: %w", err)
+		}
+		o.Password = p
+	}
+	noAuth := o.User == "" && o.Token == "" && o.CredentialsFile == "" && o.NKeyFile == ""
+	if len(o.URLs) == 0 || noAuth {
+		creds, err := broker.ReadCredentials(cfg.DataDir)
+		switch {
+		case err == nil:
+			if len(o.URLs) == 0 {
+				if creds.URL == "" {
+					return nil, fmt.Errorf("the embedded broker of %s has no client port (broker.listen: off)", cfg.DataDir)
+				}
+				o.URLs = []string{creds.URL}
+			}
+			o.User, o.Password = creds.User, creds.Password
+		case len(o.URLs) == 0:
+			return nil, fmt.Errorf("no broker.url and %w", err)
+		}
+	}
+	return broker.Connect(ctx, o, log)
+}
+
+// BrokerSettings derives the broker layout parameters from the configuration.
+func BrokerSettings(cfg *config.Config) broker.Settings {
+	return broker.Settings{
+		Replicas:            cfg.Broker.Replicas,
+		DedupeWindow:        cfg.Broker.DedupeWindow.D(),
+		AckWait:             cfg.Broker.AckWait.D(),
+		QueueMaxAge:         cfg.Delivery.Retry.MaxAge.D() + cfg.DeadLetter.Retention.D() + 24*time.Hour,
+		DeadLetterRetention: cfg.DeadLetter.Retention.D(),
+		InlineMaxBytes:      int64(cfg.Broker.InlineMaxBytes),
+		PublishTimeout:      cfg.Broker.PublishTimeout.D(),
+	}
+}
+
+// IngressOptions turns the configuration into ingress options, loading the
+// users file and the certificate.
+func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *ingress.CertReloader, error) {
+	ic := cfg.Ingress
+	o := ingress.Options{
+		Hostname:            cfg.Hostname,
+		Listen:              ic.Listen,
+		TLSListen:           ic.TLSListen,
+		MaxMessageBytes:     int64(ic.MaxMessageBytes),
+		MaxRecipients:       ic.MaxRecipients,
+		ReadTimeout:         ic.ReadTimeout.D(),
+		WriteTimeout:        ic.WriteTimeout.D(),
+		AllowInsecureAuth:   ic.AllowInsecureAuth,
+		RequireTLS:          ic.RequireTLS,
+		MaxConnections:      ic.MaxConnections,
+		MaxConnectionsPerIP: ic.MaxConnectionsPerIP,
+		MaxErrors:           ic.MaxErrors,
+		MaxReceivedHeaders:  ic.MaxReceivedHeaders,
+		AddMissingHeaders:   ic.AddMissingHeaders == nil || *ic.AddMissingHeaders,
+		NormalizeBareLF:     ic.BareLineEndings == "normalize",
+		AuthFailureLimit:    ic.AuthFailureLimit,
+		AuthFailureWindow:   ic.AuthFailureWindow.D(),
+		AuthLockout:         ic.AuthLockout.D(),
+		ShutdownGrace:       ic.ShutdownGrace.D(),
+	}
+	for _, n := range ic.RelayNetworks {
+		p, err := config.ParseNetwork(n)
+		if err != nil {
+			return o, nil, err
+		}
+		o.RelayNetworks = append(o.RelayNetworks, p)
+	}
+	if ic.UsersFile != "" {
+		u, err := ingress.LoadUsers(ic.UsersFile)
+		if err != nil {
+			return o, nil, err
+		}
+		o.Users = u
+	}
+	var rl *ingress.CertReloader
+	if ic.TLS.Cert != "" {
+		var err error
+		rl, err = ingress.NewCertReloader(ic.TLS.Cert, ic.TLS.Key, log.With().Str("component", "ingress").Logger())
+		if err != nil {
+			return o, nil, err
+		}
+		o.TLSConfig = ingress.ServerTLSConfig(rl.GetCertificate)
+	}
+	return o, rl, nil
+}
+
+// NewWorker builds a delivery worker from the configuration.
+func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg prometheus.Registerer, o Options) (*delivery.Worker, error) {
+	dc := cfg.Delivery
+	shPass := dc.SmarthostPassword
+	if dc.SmarthostPasswordFile != "" {
+		p, err := readSecret(dc.SmarthostPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("delivery.smarthost_password_file: %w", err)
+		}
+		shPass = p
+	}
+	routePw := map[string]string{}
+	for dom, r := range dc.Routes {
+		if r.PasswordFile != "" {
+			p, err := readSecret(r.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("delivery.routes.%s.password_file: %w", dom, err)
+			}
+			routePw[dom] = p
+		}
+	}
+	router := delivery.NewRouter(delivery.RouterOptions{
+		Port:                dc.Port,
+		Smarthost:           dc.Smarthost,
+		SmarthostTLS:        dc.SmarthostTLS,
+		SmarthostSkipVerify: dc.SmarthostTLSSkipVerify,
+		SmarthostUser:       dc.SmarthostUsername,
+		SmarthostPassword:   shPass,
+		SmarthostAllowPlain: dc.SmarthostAllowPlainAuth,
+		MXTLS:               dc.MXTLS,
+		Routes:              dc.Routes,
+		RoutePasswords:      routePw,
+		DNSServer:           dc.DNSServer,
+		MaxMXHosts:          dc.MaxMXHosts,
+	})
+	sched := make([]time.Duration, len(dc.Retry.Schedule))
+	for i, d := range dc.Retry.Schedule {
+		sched[i] = d.D()
+	}
+	to := o.Timeouts
+	if to == (delivery.Timeouts{}) {
+		to = delivery.DefaultTimeouts()
+		to.Connect = dc.ConnectTimeout.D()
+	}
+	return delivery.New(bc, router, delivery.Options{
+		Hostname:                 cfg.Hostname,
+		Concurrency:              dc.Concurrency,
+		Schedule:                 sched,
+		MaxAge:                   dc.Retry.MaxAge.D(),
+		Jitter:                   dc.Retry.Jitter,
+		DelayWarning:             dc.DelayWarning.D(),
+		Timeouts:                 to,
+		MaxPerDestination:        dc.MaxPerDestination,
+		MaxMessagesPerConnection: dc.MaxMessagesPerConnection,
+		IdleTimeout:              dc.IdleTimeout.D(),
+		DestinationBackoff:       dc.DestinationBackoff.D(),
+		AckWait:                  cfg.Broker.AckWait.D(),
+		ShutdownGrace:            dc.ShutdownGrace.D(),
+		RootCAs:                  o.RootCAs,
+		Registerer:               reg,
+	}, log), nil
+}
+
+// readSecret reads a password or token kept in a file, without the
+// trailing newline editors add.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}

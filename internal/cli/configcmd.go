@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/spf13/cobra"
+)
+
+func newConfigCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Work with the configuration"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "check",
+		Short: "Validate the configuration and print it as it takes effect, secrets redacted",
+		Long: `check loads the configuration the way every command does (defaults, then
+--config FILE, then JETRELAY_* environment variables, then flags), reports
+every problem it finds at once, and prints the effective configuration
+with passwords and tokens redacted. It exits 1 when there is a problem.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, src, err := g.load(nil)
+			if err != nil {
+				return exitError{code: 1, msg: "configuration does not load:\n" + err.Error()}
+			}
+			var problems []error
+			if err := cfg.Validate(); err != nil {
+				problems = append(problems, err)
+			}
+			// Files the config names must also parse, not just exist.
+			if cfg.Ingress.UsersFile != "" {
+				if _, err := ingress.LoadUsers(cfg.Ingress.UsersFile); err != nil {
+					problems = append(problems, fmt.Errorf("ingress.users_file: %w", err))
+				}
+			}
+			out, rerr := cfg.Redacted()
+			if rerr != nil {
+				return rerr
+			}
+			if src.File != "" {
+				fmt.Fprintf(g.stdout, "# configuration: %s\n", src.File)
+			} else {
+				fmt.Fprintln(g.stdout, "# configuration: defaults (no --config file)")
+			}
+			if len(src.Env) > 0 {
+				fmt.Fprintf(g.stdout, "# overridden by environment: %s\n", strings.Join(src.Env, ", "))
+			}
+			if len(src.Flags) > 0 {
+				fmt.Fprintf(g.stdout, "# overridden by flags: %s\n", strings.Join(src.Flags, ", "))
+			}
+			for _, w := range src.Warnings {
+				fmt.Fprintf(g.stdout, "# warning: %s\n", w)
+			}
+			fmt.Fprint(g.stdout, string(out))
+			if len(problems) > 0 {
+				all := errors.Join(problems...)
+				n := strings.Count(all.Error(), "\n") + 1
+				return exitError{code: 1, msg: fmt.Sprintf("%d problem(s):\n%s", n, all)}
+			}
+			fmt.Fprintln(g.stderr, "configuration OK")
+			return nil
+		},
+	})
+	return cmd
+}

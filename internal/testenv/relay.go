@@ -1,0 +1,120 @@
+package testenv
+
+import (
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jetrelay/jetrelay/internal/app"
+	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/rs/zerolog"
+)
+
+// TestConfig is a configuration for an in-process relay: everything on
+// loopback with free ports, data in a temporary directory, retries after
+// one second, no jitter, no destination back-off, HTTP off.
+func TestConfig(t testing.TB) *config.Config {
+	cfg := config.Default()
+	cfg.Hostname = "relay.test"
+	cfg.DataDir = t.TempDir()
+	cfg.Broker.Listen = "127.0.0.1:0"
+	cfg.Ingress.Listen = config.StringList{"127.0.0.1:0"}
+	cfg.Ingress.ShutdownGrace = config.Duration(5 * time.Second)
+	cfg.HTTP.Listen = "off"
+	cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Second)}
+	cfg.Delivery.Retry.Jitter = 0
+	cfg.Delivery.DestinationBackoff = 0
+	cfg.Delivery.ShutdownGrace = config.Duration(5 * time.Second)
+	cfg.Delivery.IdleTimeout = config.Duration(5 * time.Second)
+	cfg.Broker.AckWait = config.Duration(10 * time.Second)
+	return cfg
+}
+
+// Relay is an in-process jetrelay built with the production wiring.
+type Relay struct {
+	t    testing.TB
+	Cfg  *config.Config
+	App  *app.App
+	Opts app.Options
+	st   app.Stages
+	log  zerolog.Logger
+}
+
+// StartRelay runs serve (embedded broker, ingress, delivery) with cfg.
+func StartRelay(t testing.TB, cfg *config.Config, o app.Options) *Relay {
+	return StartStages(t, cfg, app.Stages{Broker: true, Ingress: true, Delivery: true}, o)
+}
+
+// StartStages runs the chosen stages with cfg.
+func StartStages(t testing.TB, cfg *config.Config, st app.Stages, o app.Options) *Relay {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	r := &Relay{t: t, Cfg: cfg, Opts: o, st: st, log: TestLogger(t)}
+	r.start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func (r *Relay) start() {
+	r.t.Helper()
+	a, err := app.Start(r.Cfg, r.log, r.st, r.Opts)
+	if err != nil {
+		r.t.Fatalf("start relay: %v", err)
+	}
+	r.App = a
+}
+
+// Addr is the ingress SMTP address.
+func (r *Relay) Addr() string { return r.App.IngressAddrs()[0].String() }
+
+// Stop shuts the relay down gracefully (idempotent).
+func (r *Relay) Stop() {
+	if r.App != nil {
+		r.App.Stop()
+	}
+}
+
+// Restart stops the relay and starts it again on the same data directory
+// and the same ingress address.
+func (r *Relay) Restart() {
+	r.t.Helper()
+	addr := ""
+	if r.st.Ingress {
+		addr = r.Addr()
+	}
+	r.Stop()
+	if addr != "" {
+		r.Cfg.Ingress.Listen = config.StringList{addr}
+	}
+	r.start()
+}
+
+// TestLogger logs into the test's output, and drops lines written after
+// the test has finished (goroutines winding down).
+func TestLogger(t testing.TB) zerolog.Logger {
+	w := &testWriter{t: t}
+	t.Cleanup(func() { w.done.Store(true) })
+	lvl := zerolog.InfoLevel
+	if testing.Verbose() {
+		lvl = zerolog.DebugLevel
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+type testWriter struct {
+	t    testing.TB
+	done atomic.Bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	if w.done.Load() {
+		return len(p), nil
+	}
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+var _ io.Writer = (*testWriter)(nil)

@@ -1,0 +1,430 @@
+package testenv
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/jetrelay/jetrelay/ingress"
+)
+
+// Message is one message a Sink accepted.
+type Message struct {
+	From     string
+	Rcpts    []string
+	Data     []byte
+	Helo     string
+	TLS      bool
+	User     string // AUTH user, if the client authenticated
+	Conn     int64  // connection number at the sink
+	MailOpts smtp.MailOptions
+	RcptOpts []smtp.RcptOptions
+	At       time.Time
+}
+
+var queueIDRe = regexp.MustCompile(`\(jetrelay\) with [A-Z]+ id ([0-9A-Z]{16})`)
+
+// QueueID is the jetrelay queue ID from the topmost Received header
+// jetrelay added ("" if none).
+func (m *Message) QueueID() string {
+	if sm := queueIDRe.FindSubmatch(m.Data); sm != nil {
+		return string(sm[1])
+	}
+	return ""
+}
+
+// AfterReceived returns the message without its first header field (the
+// Received header the relay prepended).
+func (m *Message) AfterReceived() []byte {
+	d := m.Data
+	i := 0
+	for {
+		j := bytes.Index(d[i:], []byte("\r\n"))
+		if j < 0 {
+			return nil
+		}
+		i += j + 2
+		if i >= len(d) || (d[i] != ' ' && d[i] != '\t') {
+			return d[i:]
+		}
+	}
+}
+
+// SinkOptions script a Sink.
+type SinkOptions struct {
+	// TLS enables STARTTLS with this configuration.
+	TLS *tls.Config
+	// ImplicitTLS serves TLS from the first byte (needs TLS).
+	ImplicitTLS bool
+	// Users enables AUTH (PLAIN and/or LOGIN, see AuthMechs) with these
+	// user → password pairs.
+	Users     map[string]string
+	AuthMechs []string // default PLAIN and LOGIN
+	// AllowInsecureAuth offers AUTH without TLS.
+	AllowInsecureAuth bool
+	// Addr to listen on (default 127.0.0.1:0).
+	Addr string
+	// MaxMessageBytes advertised as SIZE (0: unlimited).
+	MaxMessageBytes int64
+}
+
+// Sink is a capturing destination SMTP server whose replies a test can
+// script per command. It is safe for concurrent use.
+type Sink struct {
+	t    testing.TB
+	opts SinkOptions
+	Addr string
+
+	mu       sync.Mutex
+	srv      *smtp.Server
+	l        net.Listener
+	msgs     []*Message
+	changed  chan struct{}
+	greeting *smtp.SMTPError
+	mail     func(from string) *smtp.SMTPError
+	rcpt     func(rcpt string) *smtp.SMTPError
+	data     func(m *Message) *smtp.SMTPError
+
+	conns atomic.Int64
+	live  atomic.Int64
+	peak  atomic.Int64
+}
+
+// NewSink starts a sink; it stops when the test ends.
+func NewSink(t testing.TB, o SinkOptions) *Sink {
+	t.Helper()
+	s := &Sink{t: t, opts: o, changed: make(chan struct{})}
+	addr := o.Addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	if err := s.listen(addr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *Sink) listen(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = s.opts.AllowInsecureAuth
+	srv.MaxMessageBytes = s.opts.MaxMessageBytes
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = nopLogger{}
+	if s.opts.TLS != nil && !s.opts.ImplicitTLS {
+		srv.TLSConfig = s.opts.TLS
+	}
+	var ln net.Listener = &sinkListener{Listener: l, s: s}
+	if s.opts.ImplicitTLS {
+		ln = tls.NewListener(ln, s.opts.TLS)
+	}
+	s.mu.Lock()
+	s.srv, s.l, s.Addr = srv, l, l.Addr().String()
+	s.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+	return nil
+}
+
+// Close stops the sink (connections are cut).
+func (s *Sink) Close() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
+// Restart listens again on the same address after Close.
+func (s *Sink) Restart() {
+	s.t.Helper()
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = s.listen(s.Addr); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("sink restart on %s: %v", s.Addr, err)
+}
+
+// Port is the listening port.
+func (s *Sink) Port() int { return s.l.Addr().(*net.TCPAddr).Port }
+
+// Greet makes new connections get this reply instead of 220 (nil: 220).
+func (s *Sink) Greet(r *smtp.SMTPError) { s.mu.Lock(); s.greeting = r; s.mu.Unlock() }
+
+// OnMail scripts the reply to MAIL FROM (nil reply: accept).
+func (s *Sink) OnMail(f func(from string) *smtp.SMTPError) { s.mu.Lock(); s.mail = f; s.mu.Unlock() }
+
+// OnRcpt scripts the reply to each RCPT TO (nil reply: accept).
+func (s *Sink) OnRcpt(f func(rcpt string) *smtp.SMTPError) { s.mu.Lock(); s.rcpt = f; s.mu.Unlock() }
+
+// OnData scripts the reply after the final dot (nil reply: accept).
+func (s *Sink) OnData(f func(m *Message) *smtp.SMTPError) { s.mu.Lock(); s.data = f; s.mu.Unlock() }
+
+// Messages returns a copy of what was accepted so far.
+func (s *Sink) Messages() []*Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Message(nil), s.msgs...)
+}
+
+// Connections is the number of connections accepted so far.
+func (s *Sink) Connections() int64 { return s.conns.Load() }
+
+// PeakConnections is the largest number of simultaneous connections.
+func (s *Sink) PeakConnections() int64 { return s.peak.Load() }
+
+// Recipients counts accepted recipients (over all messages).
+func (s *Sink) Recipients() int {
+	n := 0
+	for _, m := range s.Messages() {
+		n += len(m.Rcpts)
+	}
+	return n
+}
+
+// WaitFor waits until at least n messages were accepted and returns them.
+func (s *Sink) WaitFor(t testing.TB, n int, timeout time.Duration) []*Message {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		got, ch := len(s.msgs), s.changed
+		s.mu.Unlock()
+		if got >= n {
+			return s.Messages()
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("sink %s: %d message(s) after %s, want %d", s.Addr, got, timeout, n)
+		}
+	}
+}
+
+// WaitRecipients waits until n recipients in total were accepted.
+func (s *Sink) WaitRecipients(t testing.TB, n int, timeout time.Duration) []*Message {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		s.mu.Unlock()
+		if s.Recipients() >= n {
+			return s.Messages()
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("sink %s: %d recipient(s) after %s, want %d", s.Addr, s.Recipients(), timeout, n)
+		}
+	}
+}
+
+// ByQueueID groups accepted messages by the jetrelay queue ID.
+func (s *Sink) ByQueueID() map[string][]*Message {
+	out := map[string][]*Message{}
+	for _, m := range s.Messages() {
+		out[m.QueueID()] = append(out[m.QueueID()], m)
+	}
+	return out
+}
+
+func (s *Sink) store(m *Message) {
+	s.mu.Lock()
+	s.msgs = append(s.msgs, m)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+type sinkListener struct {
+	net.Listener
+	s *Sink
+}
+
+func (l *sinkListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		n := l.s.conns.Add(1)
+		live := l.s.live.Add(1)
+		for {
+			p := l.s.peak.Load()
+			if live <= p || l.s.peak.CompareAndSwap(p, live) {
+				break
+			}
+		}
+		l.s.mu.Lock()
+		g := l.s.greeting
+		l.s.mu.Unlock()
+		if g != nil {
+			_, _ = io.WriteString(c, smtpLine(g)+"\r\n")
+			c.Close()
+			l.s.live.Add(-1)
+			continue
+		}
+		return &sinkConn{Conn: c, s: l.s, n: n}, nil
+	}
+}
+
+type sinkConn struct {
+	net.Conn
+	s      *Sink
+	n      int64
+	closed atomic.Bool
+}
+
+func (c *sinkConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.s.live.Add(-1)
+	}
+	return c.Conn.Close()
+}
+
+func smtpLine(e *smtp.SMTPError) string {
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+}
+
+type sinkSession struct {
+	s    *Sink
+	c    *smtp.Conn
+	conn int64
+	user string
+	m    *Message
+}
+
+func (s *Sink) newSession(c *smtp.Conn) (smtp.Session, error) {
+	var n int64
+	nc := c.Conn()
+	for nc != nil {
+		if sc, ok := nc.(*sinkConn); ok {
+			n = sc.n
+			break
+		}
+		if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
+			nc = u.NetConn()
+			continue
+		}
+		break
+	}
+	return &sinkSession{s: s, c: c, conn: n}, nil
+}
+
+func (ss *sinkSession) AuthMechanisms() []string {
+	if ss.s.opts.Users == nil {
+		return nil
+	}
+	if len(ss.s.opts.AuthMechs) > 0 {
+		return ss.s.opts.AuthMechs
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (ss *sinkSession) Auth(mech string) (sasl.Server, error) {
+	check := func(user, pass string) error {
+		if want, ok := ss.s.opts.Users[user]; ok && want == pass {
+			ss.user = user
+			return nil
+		}
+		return smtp.ErrAuthFailed
+	}
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(_, user, pass string) error { return check(user, pass) }), nil
+	case sasl.Login:
+		return ingress.NewLoginServer(check), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
+	ss.s.mu.Lock()
+	f := ss.s.mail
+	ss.s.mu.Unlock()
+	if f != nil {
+		if r := f(from); r != nil {
+			return r
+		}
+	}
+	_, isTLS := ss.c.TLSConnectionState()
+	ss.m = &Message{From: from, Helo: ss.c.Hostname(), TLS: isTLS, User: ss.user, Conn: ss.conn}
+	if opts != nil {
+		ss.m.MailOpts = *opts
+	}
+	return nil
+}
+
+func (ss *sinkSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	ss.s.mu.Lock()
+	f := ss.s.rcpt
+	ss.s.mu.Unlock()
+	if f != nil {
+		if r := f(to); r != nil {
+			return r
+		}
+	}
+	ss.m.Rcpts = append(ss.m.Rcpts, to)
+	if opts != nil {
+		ss.m.RcptOpts = append(ss.m.RcptOpts, *opts)
+	} else {
+		ss.m.RcptOpts = append(ss.m.RcptOpts, smtp.RcptOptions{})
+	}
+	return nil
+}
+
+func (ss *sinkSession) Data(r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: err.Error()}
+	}
+	m := ss.m
+	m.Data = data
+	m.At = time.Now()
+	ss.s.mu.Lock()
+	f := ss.s.data
+	ss.s.mu.Unlock()
+	if f != nil {
+		if r := f(m); r != nil {
+			return r
+		}
+	}
+	ss.s.store(m)
+	return nil
+}
+
+func (ss *sinkSession) Reset()        { ss.m = nil }
+func (ss *sinkSession) Logout() error { return nil }
+
+type nopLogger struct{}
+
+func (nopLogger) Printf(string, ...any) {}
+func (nopLogger) Println(...any)        {}
