@@ -53,18 +53,18 @@ type Router struct {
 
 // RouterOptions configure a Router; secrets are already read from files.
 type RouterOptions struct {
-	Port                  int
-	Smarthost             []string
-	SmarthostTLS          string
-	SmarthostSkipVerify   bool
-	SmarthostUser         string
-	SmarthostPassword     string
-	SmarthostAllowPlain   bool
-	MXTLS                 string
-	Routes                map[string]config.Route
-	RoutePasswords        map[string]string // domain → password read from password_file
-	DNSServer             string
-	MaxMXHosts            int
+	Port                int
+	Smarthost           []string
+	SmarthostTLS        string
+	SmarthostSkipVerify bool
+	SmarthostUser       string
+	SmarthostPassword   string
+	SmarthostAllowPlain bool
+	MXTLS               string
+	Routes              map[string]config.Route
+	RoutePasswords      map[string]string // domain → password read from password_file
+	DNSServer           string
+	MaxMXHosts          int
 }
 
 // NewRouter builds a Router.

@@ -226,4 +226,3 @@ func newSessionID() string {
 	_, _ = rand.Read(b[:])
 	return sessionEnc.EncodeToString(b[:])
 }
-

@@ -19,25 +19,25 @@ import (
 
 // Field names shared by every stage.
 const (
-	FieldMsgID     = "msg_id"     // queue ID
-	FieldJobID     = "job_id"     // queue ID plus part, when a message was split
-	FieldSession   = "session"    // SMTP session ID at the ingress
-	FieldRemote    = "remote"     // peer address (client at ingress, next hop at delivery)
-	FieldFrom      = "from"       // envelope sender
-	FieldRcpt      = "rcpt"       // one recipient
-	FieldRcpts     = "rcpts"      // recipient count or list
-	FieldDomain    = "domain"     // recipient domain
-	FieldAttempt   = "attempt"    // delivery attempt number, from 1
-	FieldSMTPCode  = "smtp_code"  // reply code
-	FieldSMTPEnh   = "smtp_enh"   // enhanced status code
-	FieldHost      = "host"       // next-hop host name
-	FieldIP        = "ip"         // next-hop address connected to
-	FieldTLS       = "tls"        // TLS version and cipher, "" for none
-	FieldSize      = "size"       // message size in bytes
-	FieldResult    = "result"     // delivered, deferred, failed, mixed
-	FieldReason    = "reason"     // why something was refused or dead-lettered
-	FieldComponent = "component"  // ingress, delivery, broker, deadletter, nats
-	FieldDuration  = "duration"   // how long something took
+	FieldMsgID     = "msg_id"    // queue ID
+	FieldJobID     = "job_id"    // queue ID plus part, when a message was split
+	FieldSession   = "session"   // SMTP session ID at the ingress
+	FieldRemote    = "remote"    // peer address (client at ingress, next hop at delivery)
+	FieldFrom      = "from"      // envelope sender
+	FieldRcpt      = "rcpt"      // one recipient
+	FieldRcpts     = "rcpts"     // recipient count or list
+	FieldDomain    = "domain"    // recipient domain
+	FieldAttempt   = "attempt"   // delivery attempt number, from 1
+	FieldSMTPCode  = "smtp_code" // reply code
+	FieldSMTPEnh   = "smtp_enh"  // enhanced status code
+	FieldHost      = "host"      // next-hop host name
+	FieldIP        = "ip"        // next-hop address connected to
+	FieldTLS       = "tls"       // TLS version and cipher, "" for none
+	FieldSize      = "size"      // message size in bytes
+	FieldResult    = "result"    // delivered, deferred, failed, mixed
+	FieldReason    = "reason"    // why something was refused or dead-lettered
+	FieldComponent = "component" // ingress, delivery, broker, deadletter, nats
+	FieldDuration  = "duration"  // how long something took
 	FieldNext      = "next_attempt"
 	FieldUser      = "user" // SASL user name (never the password)
 )

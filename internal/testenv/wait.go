@@ -24,4 +24,3 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 		}
 	}
 }
-
