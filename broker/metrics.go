@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -44,35 +45,58 @@ func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
 func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	up := 1.0
-	defer func() { ch <- prometheus.MustNewConstMetric(q.up, prometheus.GaugeValue, up) }()
-	qs, err := q.c.queue.Info(ctx)
+	st, err := q.c.QueueState(ctx)
 	if err != nil {
-		up = 0
+		ch <- prometheus.MustNewConstMetric(q.up, prometheus.GaugeValue, 0)
 		return
 	}
-	cons, err := q.c.js.Consumer(ctx, contracts.StreamQueue, contracts.ConsumerDelivery)
+	ch <- prometheus.MustNewConstMetric(q.up, prometheus.GaugeValue, 1)
+	ch <- prometheus.MustNewConstMetric(q.ready, prometheus.GaugeValue, float64(st.Ready))
+	ch <- prometheus.MustNewConstMetric(q.inflight, prometheus.GaugeValue, float64(st.InFlight))
+	ch <- prometheus.MustNewConstMetric(q.scheduled, prometheus.GaugeValue, float64(st.Scheduled))
+	ch <- prometheus.MustNewConstMetric(q.dead, prometheus.GaugeValue, float64(st.DeadLetters))
+	ch <- prometheus.MustNewConstMetric(q.bodies, prometheus.GaugeValue, float64(st.BodyBytes))
+}
+
+// QueueState is the queue at a glance.
+type QueueState struct {
+	Ready       uint64 // jobs waiting for a worker
+	InFlight    uint64 // jobs being delivered
+	Scheduled   uint64 // retries waiting for their time
+	DeadLetters uint64
+	BodyBytes   uint64 // size of the body object store
+}
+
+// Empty reports whether nothing is queued, in flight or scheduled.
+func (s QueueState) Empty() bool { return s.Ready+s.InFlight+s.Scheduled == 0 }
+
+// QueueState reads the queue's depth from the broker (a few API calls,
+// not one per message).
+func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
+	var st QueueState
+	qs, err := c.queue.Info(ctx)
 	if err != nil {
-		up = 0
-		return
+		return st, fmt.Errorf("%w: queue info: %v", ErrUnavailable, err)
+	}
+	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, contracts.ConsumerDelivery)
+	if err != nil {
+		return st, fmt.Errorf("%w: consumer: %v", ErrUnavailable, err)
 	}
 	ci, err := cons.Info(ctx)
 	if err != nil {
-		up = 0
-		return
+		return st, fmt.Errorf("%w: consumer info: %v", ErrUnavailable, err)
 	}
-	ready, inflight := float64(ci.NumPending), float64(ci.NumAckPending)
-	sched := float64(qs.State.Msgs) - ready - inflight
-	if sched < 0 {
-		sched = 0
+	st.Ready, st.InFlight = ci.NumPending, uint64(ci.NumAckPending)
+	if total := qs.State.Msgs; total > st.Ready+st.InFlight {
+		st.Scheduled = total - st.Ready - st.InFlight
 	}
-	ch <- prometheus.MustNewConstMetric(q.ready, prometheus.GaugeValue, ready)
-	ch <- prometheus.MustNewConstMetric(q.inflight, prometheus.GaugeValue, inflight)
-	ch <- prometheus.MustNewConstMetric(q.scheduled, prometheus.GaugeValue, sched)
-	if ds, err := q.c.dlq.Info(ctx); err == nil {
-		ch <- prometheus.MustNewConstMetric(q.dead, prometheus.GaugeValue, float64(ds.State.Msgs))
+	ds, err := c.dlq.Info(ctx)
+	if err != nil {
+		return st, fmt.Errorf("%w: dead-letter info: %v", ErrUnavailable, err)
 	}
-	if n, err := q.c.BodyBucketSize(ctx); err == nil {
-		ch <- prometheus.MustNewConstMetric(q.bodies, prometheus.GaugeValue, float64(n))
+	st.DeadLetters = ds.State.Msgs
+	if n, err := c.BodyBucketSize(ctx); err == nil {
+		st.BodyBytes = n
 	}
+	return st, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 	"time"
@@ -151,4 +152,55 @@ func Body(n int) []byte {
 		b[n-3] = 'z'
 	}
 	return b
+}
+
+// Transaction is a submission paused before the message is sent.
+type Transaction struct {
+	c *smtp.Client
+	w io.WriteCloser
+}
+
+// Begin opens a session and sends MAIL, RCPT and DATA.
+func Begin(addr, from string, to []string) (*Transaction, error) {
+	c, err := dialClient(addr, Mail{})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Hello("client.test"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.Mail(from, nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &Transaction{c: c, w: w}, nil
+}
+
+// Finish sends the message and the final dot and returns the reply.
+func (tx *Transaction) Finish(data []byte) (*SendResult, error) {
+	defer tx.c.Close()
+	if _, err := tx.w.Write(data); err != nil {
+		return nil, err
+	}
+	resp, err := tx.w.(*smtp.DataCommand).CloseWithResponse()
+	if err != nil {
+		return nil, err
+	}
+	res := &SendResult{Reply: resp.StatusText}
+	if sm := queuedRe.FindStringSubmatch(resp.StatusText); sm != nil {
+		res.QueueID = sm[1]
+	}
+	return res, nil
 }

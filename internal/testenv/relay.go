@@ -1,11 +1,13 @@
 package testenv
 
 import (
+	"context"
 	"io"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/rs/zerolog"
@@ -118,3 +120,30 @@ func (w *testWriter) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = (*testWriter)(nil)
+
+// WaitQueueEmpty waits until nothing is ready, in flight or scheduled: the
+// pipeline has finished every job, so no further delivery can happen.
+func (r *Relay) WaitQueueEmpty(timeout time.Duration) broker.QueueState {
+	r.t.Helper()
+	var st broker.QueueState
+	Eventually(r.t, timeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var err error
+		st, err = r.App.Broker().QueueState(ctx)
+		return err == nil && st.Empty()
+	}, "queue not empty: %+v", &st)
+	return st
+}
+
+// State reads the queue state now.
+func (r *Relay) State() broker.QueueState {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := r.App.Broker().QueueState(ctx)
+	if err != nil {
+		r.t.Fatalf("queue state: %v", err)
+	}
+	return st
+}

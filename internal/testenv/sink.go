@@ -145,10 +145,13 @@ func (s *Sink) listen(addr string) error {
 // Close stops the sink (connections are cut).
 func (s *Sink) Close() {
 	s.mu.Lock()
-	srv := s.srv
+	srv, l := s.srv, s.l
 	s.srv = nil
 	s.mu.Unlock()
 	if srv != nil {
+		// Close the listener ourselves too: go-smtp only knows it once its
+		// Serve goroutine has started.
+		_ = l.Close()
 		_ = srv.Close()
 	}
 }
