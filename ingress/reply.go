@@ -3,7 +3,6 @@ package ingress
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 
 	"github.com/emersion/go-smtp"
@@ -131,5 +130,5 @@ func asError(r *smtp.SMTPError) error {
 // and text of an *smtp.SMTPError as they are, which is how the queue ID
 // gets into the 250 line.
 func queuedReply(id string) error {
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: fmt.Sprintf("Ok: queued as %s", id)}
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "queued as " + id}
 }

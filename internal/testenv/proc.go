@@ -1,0 +1,191 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+	buildDir  string
+)
+
+// Binary builds cmd/jetrelay once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "jetrelay-bin-")
+		if buildErr != nil {
+			return
+		}
+		buildPath = filepath.Join(buildDir, "jetrelay")
+		if runtime.GOOS == "windows" {
+			buildPath += ".exe"
+		}
+		root := moduleRoot()
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/jetrelay")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// CleanupBinary removes the built binary; call it from TestMain.
+func CleanupBinary() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}
+
+func moduleRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; d != filepath.Dir(d); d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	return dir
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Proc is a jetrelay process started by a test.
+type Proc struct {
+	t    testing.TB
+	Name string
+	Cmd  *exec.Cmd
+	log  *bytes.Buffer
+	mu   *sync.Mutex
+	done chan struct{}
+	err  error
+}
+
+type lockedBuf struct {
+	mu  *sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (l lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// StartProc runs the binary with args. Its output is kept and shown if
+// the test fails; it is killed when the test ends.
+func StartProc(t testing.TB, name string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, Name: name, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	p.Cmd = exec.Command(Binary(t), args...)
+	w := lockedBuf{mu: p.mu, buf: p.log}
+	p.Cmd.Stdout, p.Cmd.Stderr = w, w
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.Cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("---- output of %s (pid %d) ----\n%s", name, p.Cmd.Process.Pid, p.Output())
+		}
+	})
+	return p
+}
+
+// Output is what the process wrote so far.
+func (p *Proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// Running reports whether the process has not exited.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL and waits for the exit.
+func (p *Proc) Kill() {
+	if p.Running() {
+		_ = p.Cmd.Process.Kill()
+	}
+	<-p.done
+}
+
+// Stop sends SIGTERM and waits up to timeout for a graceful exit (then
+// SIGKILL). It returns the exit error.
+func (p *Proc) Stop(timeout time.Duration) error {
+	if p.Running() {
+		_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Errorf("%s did not stop within %s after SIGTERM", p.Name, timeout)
+		p.Kill()
+	}
+	return p.err
+}
+
+// WaitListening waits until addr accepts TCP connections.
+func WaitListening(t testing.TB, addr string, timeout time.Duration, procs ...*Proc) {
+	t.Helper()
+	Eventually(t, timeout, func() bool {
+		for _, p := range procs {
+			if !p.Running() {
+				t.Fatalf("%s exited: %v\n%s", p.Name, p.err, p.Output())
+			}
+		}
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}, "nothing listens on %s", addr)
+}
+
+// WriteConfig writes a YAML configuration file and returns its path.
+func WriteConfig(t testing.TB, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "jetrelay.yaml")
+	if err := os.WriteFile(p, []byte(strings.TrimLeft(yaml, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
