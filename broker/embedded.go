@@ -39,6 +39,9 @@ type EmbeddedOptions struct {
 	// Cluster, when Listen is set, makes this node part of a JetStream
 	// cluster (see ClusterOptions).
 	Cluster *ClusterOptions
+	// User and Password, when set, are the client credentials instead of
+	// generated ones: every node of a cluster must accept the same.
+	User, Password string
 }
 
 // ClusterOptions joins the embedded server to a NATS cluster.
@@ -131,9 +134,12 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
 	creds, err := ReadCredentials(opts.DataDir)
-	if errors.Is(err, ErrNoCredentials) {
+	switch {
+	case opts.User != "" && opts.Password != "":
+		creds = Credentials{User: opts.User, Password: opts.Password}
+	case errors.Is(err, ErrNoCredentials):
 		creds = Credentials{User: "jetrelay", Password: randomSecret()}
-	} else if err != nil {
+	case err != nil:
 		return nil, err
 	}
 

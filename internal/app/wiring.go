@@ -21,6 +21,19 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 		Listen:     cfg.Broker.Listen,
 		SyncAlways: cfg.Broker.SyncInterval == "always",
 		MaxStore:   int64(cfg.Broker.MaxStore),
+		ServerName: cfg.Broker.ServerName,
+		User:       cfg.Broker.User,
+		Password:   cfg.Broker.Password,
+	}
+	if cfg.Broker.PasswordFile != "" {
+		p, err := readSecret(cfg.Broker.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("broker.password_file: %w", err)
+		}
+		opts.Password = p
+	}
+	if cl := cfg.Broker.Cluster; cl.Listen != "" {
+		opts.Cluster = &broker.ClusterOptions{Name: cl.Name, Listen: cl.Listen, Routes: cl.Routes, User: cl.User, Password: cl.Password}
 	}
 	if !opts.SyncAlways {
 		d, _ := time.ParseDuration(cfg.Broker.SyncInterval)

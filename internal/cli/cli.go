@@ -98,8 +98,15 @@ Start everything on one machine with:  jetrelay serve`,
 		newServeCmd(g), newBrokerCmd(g), newIngressCmd(g), newDeliveryCmd(g),
 		newSendCmd(g), newConfigCmd(g), newVersionCmd(g), newUserCmd(g),
 	)
+	for _, c := range extraCommands {
+		root.AddCommand(c(g))
+	}
 	return root
 }
+
+// extraCommands are commands defined in their own files (platform-specific
+// or optional ones); each file appends its constructor in an init func.
+var extraCommands []func(*globals) *cobra.Command
 
 // load builds the configuration from the file, the environment, the
 // global flags and the command's own flag overrides.

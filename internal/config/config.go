@@ -75,6 +75,22 @@ type Broker struct {
 	// broker gives it to another worker. Workers send progress every
 	// AckWait/4 during long deliveries.
 	AckWait Duration `yaml:"ack_wait"`
+	// ServerName names the embedded server (unique per node in a cluster;
+	// default "jetrelay-" + host name).
+	ServerName string `yaml:"server_name"`
+	// Cluster makes the embedded server (jetrelay broker) a node of a
+	// JetStream cluster.
+	Cluster BrokerCluster `yaml:"cluster"`
+}
+
+// BrokerCluster joins the embedded server to a NATS cluster: the same name
+// on every node, each node's route address, and the routes of all nodes.
+type BrokerCluster struct {
+	Name     string     `yaml:"name"`
+	Listen   string     `yaml:"listen"` // host:port for route connections, e.g. 0.0.0.0:6222
+	Routes   StringList `yaml:"routes"` // nats://node1:6222,nats://node2:6222,…
+	User     string     `yaml:"user"`
+	Password string     `yaml:"password" secret:"true"`
 }
 
 // TLSClient configures TLS toward the NATS servers.

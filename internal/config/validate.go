@@ -81,6 +81,27 @@ func (c *Config) Validate() error {
 	if c.Broker.DedupeWindow.D() < time.Minute {
 		add("broker.dedupe_window", "must be at least 1m, got %s", c.Broker.DedupeWindow)
 	}
+	if cl := c.Broker.Cluster; cl.Listen != "" || len(cl.Routes) > 0 || cl.Name != "" {
+		if cl.Name == "" {
+			add("broker.cluster.name", "a cluster needs a name (the same on every node)")
+		}
+		if cl.Listen == "" {
+			add("broker.cluster.listen", "a cluster node needs a route address, e.g. 0.0.0.0:6222")
+		} else {
+			checkHostPort(add, "broker.cluster.listen", cl.Listen, true)
+		}
+		for _, r := range cl.Routes {
+			if u, err := url.Parse(r); err != nil || u.Scheme != "nats" || u.Host == "" {
+				add("broker.cluster.routes", "%q is not a route URL such as nats://node2:6222", r)
+			}
+		}
+		if c.Broker.Listen == "off" {
+			add("broker.listen", "a cluster node needs a client port")
+		}
+		if (cl.User == "") != (cl.Password == "") {
+			add("broker.cluster", "user and password go together")
+		}
+	}
 	if c.Broker.AckWait.D() < 5*time.Second {
 		add("broker.ack_wait", "must be at least 5s, got %s", c.Broker.AckWait)
 	}
