@@ -99,13 +99,14 @@ func reply(err error) *smtp.SMTPError {
 		return replyNoRcpts
 	case errors.Is(err, ErrTooManyErrors):
 		return replyTooManyErrs
+	case errors.Is(err, broker.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, context.Canceled):
+		// Before the timeout case: a context deadline is also a net.Error.
+		return replyUnavailable
 	case errors.Is(err, ErrReadTimeout), isNetTimeout(err):
 		return replyTimeout
 	case errors.Is(err, ErrClientGone), errors.Is(err, smtp.ErrDataReset):
 		return replyClientGone
-	case errors.Is(err, broker.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, context.Canceled):
-		return replyUnavailable
 	case errors.As(err, &se):
 		return se
 	}

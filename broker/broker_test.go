@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+func startTest(t *testing.T, dir string) *Embedded {
+	t.Helper()
+	e, err := StartEmbedded(EmbeddedOptions{DataDir: dir, Listen: "127.0.0.1:0", SyncAlways: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	return e
+}
+
+func connectTest(t *testing.T, e *Embedded) *Client {
+	t.Helper()
+	cr := e.Credentials()
+	c, err := Connect(context.Background(), ConnectOptions{Name: "test", URLs: []string{cr.URL}, User: cr.User, Password: cr.Password}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestEmbeddedRequiresCredentials(t *testing.T) {
+	dir := t.TempDir()
+	e := startTest(t, dir)
+	cr := e.Credentials()
+	if cr.User == "" || len(cr.Password) < 24 || !strings.HasPrefix(cr.URL, "nats://127.0.0.1:") {
+		t.Fatalf("credentials %+v", cr)
+	}
+	st, err := os.Stat(CredentialsFile(dir))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("credentials file: %v %v", err, st)
+	}
+	if nc, err := nats.Connect(cr.URL, nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("connected without credentials")
+	}
+	if nc, err := nats.Connect(cr.URL, nats.UserInfo(cr.User, "wrong"), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("connected with a wrong password")
+	}
+	nc, err := nats.Connect(cr.URL, nats.UserInfo(cr.User, cr.Password))
+	if err != nil {
+		t.Fatalf("right credentials refused: %v", err)
+	}
+	nc.Close()
+	read, err := ReadCredentials(dir)
+	if err != nil || read != cr {
+		t.Fatalf("ReadCredentials = %+v, %v", read, err)
+	}
+	// A restart keeps the same credentials.
+	e.Shutdown()
+	e2 := startTest(t, dir)
+	if e2.Credentials().Password != cr.Password {
+		t.Fatal("credentials changed across restarts")
+	}
+	if _, err := ReadCredentials(t.TempDir()); !errors.Is(err, ErrNoCredentials) {
+		t.Fatalf("empty data dir: %v", err)
+	}
+}
+
+func TestProvisionIsIdempotentAndConcurrent(t *testing.T) {
+	e := startTest(t, t.TempDir())
+	s := Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := connectTest(t, e)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			errs <- c.Provision(ctx, s)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent provisioning: %v", err)
+		}
+	}
+	c := connectTest(t, e)
+	if err := c.Provision(context.Background(), s); err != nil {
+		t.Fatalf("second provisioning: %v", err)
+	}
+	// A changed setting is applied on the next start.
+	s.DeadLetterRetention = 48 * time.Hour
+	if err := c.Provision(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.dlq.Info(context.Background())
+	if err != nil || info.Config.MaxAge != 48*time.Hour {
+		t.Fatalf("retention not updated: %v %v", info.Config.MaxAge, err)
+	}
+	if c.InlineLimit() <= 0 || c.InlineLimit() > 1<<20 {
+		t.Fatalf("inline limit %d", c.InlineLimit())
+	}
+	// Bind (the CLI) attaches without creating.
+	c2 := connectTest(t, e)
+	if err := c2.Bind(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	fresh := startTest(t, t.TempDir())
+	c3 := connectTest(t, fresh)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c3.Bind(ctx, s); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Bind on an empty broker: %v", err)
+	}
+}
+
+func provisioned(t *testing.T) *Client {
+	t.Helper()
+	e := startTest(t, t.TempDir())
+	c := connectTest(t, e)
+	if err := c.Provision(context.Background(), Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestPublishIsIdempotentAndRetractable(t *testing.T) {
+	c := provisioned(t)
+	ctx := context.Background()
+	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	for i := 0; i < 3; i++ {
+		if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := c.QueueState(ctx)
+	if err != nil || st.Ready != 1 {
+		t.Fatalf("three publishes of one job: %+v %v", st, err)
+	}
+	if err := c.RetractJob(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := c.QueueState(ctx); !st.Empty() {
+		t.Fatalf("retracted job still queued: %+v", st)
+	}
+}
+
+func TestBodyRefs(t *testing.T) {
+	c := provisioned(t)
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("0123456789abcdef"), 100000)
+	size, digest, err := c.PutBody(ctx, "Q1", bytes.NewReader(body))
+	if err != nil || size != int64(len(body)) || digest != contracts.Digest(body) {
+		t.Fatalf("PutBody: %d %s %v", size, digest, err)
+	}
+	if err := c.CreateBodyRefs(ctx, "Q1", "Q1"); err != nil {
+		t.Fatal(err)
+	}
+	left, held, err := c.UpdateBodyRefs(ctx, "Q1", []string{"Q1"}, []string{"Q1-a", "Q1-b"})
+	if err != nil || left != 2 || !held {
+		t.Fatalf("split: %d %v %v", left, held, err)
+	}
+	// Concurrent releases: exactly one sees zero holders.
+	var wg sync.WaitGroup
+	zero := make(chan string, 2)
+	for _, h := range []string{"Q1-a", "Q1-b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			left, _, err := c.UpdateBodyRefs(ctx, "Q1", []string{h}, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			if left == 0 {
+				zero <- h
+			}
+		}()
+	}
+	wg.Wait()
+	close(zero)
+	if n := len(zero); n != 1 {
+		t.Fatalf("%d holders saw the last release", n)
+	}
+	rc, err := c.OpenBody(ctx, "Q1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if err := c.ReleaseBody(ctx, "Q1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.OpenBody(ctx, "Q1"); !errors.Is(err, ErrBodyNotFound) {
+		t.Fatalf("released body still there: %v", err)
+	}
+	if h, err := c.BodyHolders(ctx, "Q1"); err != nil || len(h) != 0 {
+		t.Fatalf("holders after release: %v %v", h, err)
+	}
+	// A repeated removal after release is harmless and says "not held".
+	left, held, err = c.UpdateBodyRefs(ctx, "Q1", []string{"Q1-a"}, nil)
+	if err != nil || left != 0 || held {
+		t.Fatalf("removal after release: %d %v %v", left, held, err)
+	}
+}
+
+func TestHexDigest(t *testing.T) {
+	if _, err := hexDigest("MD5=abc"); err == nil {
+		t.Fatal("accepted a non-SHA-256 digest")
+	}
+	h, err := hexDigest("SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=")
+	if err != nil || h != contracts.Digest(nil) {
+		t.Fatalf("hexDigest = %s %v", h, err)
+	}
+}

@@ -1,0 +1,351 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/jetrelay/jetrelay/broker"
+)
+
+func TestReplyFunnel(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		code int
+		enh  smtp.EnhancedCode
+	}{
+		// design.md's reply table
+		{"relay not permitted", ErrRelayDenied, 554, smtp.EnhancedCode{5, 7, 1}},
+		{"auth required", ErrAuthRequired, 530, smtp.EnhancedCode{5, 7, 0}},
+		{"auth failed", ErrAuthFailed, 535, smtp.EnhancedCode{5, 7, 8}},
+		{"auth over plaintext", ErrAuthPlaintext, 538, smtp.EnhancedCode{5, 7, 11}},
+		{"message too large", ErrTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
+		{"message too large (go-smtp reader)", smtp.ErrDataTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
+		{"broker unavailable", fmt.Errorf("publish: %w", broker.ErrUnavailable), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"publish timeout", context.DeadlineExceeded, 451, smtp.EnhancedCode{4, 3, 0}},
+		{"bare LF", ErrBareLineEnding, 550, smtp.EnhancedCode{5, 5, 2}},
+		{"bad sender syntax", ErrBadSender, 501, smtp.EnhancedCode{5, 1, 7}},
+		{"bad recipient syntax", ErrBadRecipient, 501, smtp.EnhancedCode{5, 1, 3}},
+		// everything else the ingress can produce
+		{"needs SMTPUTF8", ErrNeedSMTPUTF8, 553, smtp.EnhancedCode{5, 6, 7}},
+		{"mail loop", ErrMailLoop, 554, smtp.EnhancedCode{5, 4, 6}},
+		{"locked out", ErrAuthLockedOut, 421, smtp.EnhancedCode{4, 7, 0}},
+		{"STARTTLS required", ErrTLSRequired, 530, smtp.EnhancedCode{5, 7, 0}},
+		{"sender not allowed", ErrSenderNotAllowed, 553, smtp.EnhancedCode{5, 7, 1}},
+		{"shutting down", ErrShuttingDown, 421, smtp.EnhancedCode{4, 3, 2}},
+		{"no recipients", ErrNoValidRecipients, 554, smtp.EnhancedCode{5, 5, 1}},
+		{"too many errors", ErrTooManyErrors, 421, smtp.EnhancedCode{4, 7, 0}},
+		{"read timeout", ErrReadTimeout, 421, smtp.EnhancedCode{4, 4, 2}},
+		{"client gone", ErrClientGone, 421, smtp.EnhancedCode{4, 4, 0}},
+		{"client aborted BDAT", smtp.ErrDataReset, 421, smtp.EnhancedCode{4, 4, 0}},
+		{"wrapped relay denied", fmt.Errorf("rcpt x: %w", ErrRelayDenied), 554, smtp.EnhancedCode{5, 7, 1}},
+		{"a reply passes through", &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "x"}, 452, smtp.EnhancedCode{4, 5, 3}},
+		{"unknown error is temporary", errors.New("something odd"), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"io error is temporary", io.ErrUnexpectedEOF, 451, smtp.EnhancedCode{4, 3, 0}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := reply(tc.err)
+			if r.Code != tc.code || r.EnhancedCode != tc.enh {
+				t.Fatalf("reply(%v) = %d %v, want %d %v", tc.err, r.Code, r.EnhancedCode, tc.code, tc.enh)
+			}
+			if r.Code/100 == 4 && r.EnhancedCode[0] != 4 || r.Code/100 == 5 && r.EnhancedCode[0] != 5 {
+				t.Fatalf("class of enhanced code %v does not match %d", r.EnhancedCode, r.Code)
+			}
+			// What go-smtp receives is the bare reply, never wrapped.
+			if _, ok := asError(r).(*smtp.SMTPError); !ok {
+				t.Fatal("asError did not return *smtp.SMTPError")
+			}
+		})
+	}
+	if reply(nil) != nil || asError(nil) != nil {
+		t.Fatal("nil must map to nil")
+	}
+	if q, ok := queuedReply("0KQ3H5XZ7M2P9RTA").(*smtp.SMTPError); !ok || q.Code != 250 || q.Message != "queued as 0KQ3H5XZ7M2P9RTA" {
+		t.Fatalf("queued reply = %#v", q)
+	}
+}
+
+func TestCheckAddress(t *testing.T) {
+	tests := []struct {
+		in, want string
+		utf8     bool
+		ok       bool
+	}{
+		{"user@Example.COM", "user@example.com", false, true},
+		{"first.last+tag@sub.example.org", "first.last+tag@sub.example.org", false, true},
+		{"user@[192.0.2.1]", "user@[192.0.2.1]", false, true},
+		{"user@[IPv6:2001:db8::1]", "user@[IPv6:2001:db8::1]", false, true},
+		{"user%other@example.com", "user%other@example.com", false, true},
+		{"host!user@example.com", "host!user@example.com", false, true},
+		{"jörg@bücher.de", "jörg@bücher.de", true, true},
+		{"jörg@bücher.de", "", false, false},
+		{"user@example.com.", "", false, false},
+		{"a@b@example.com", "", false, false},
+		{"user", "", false, false},
+		{"@example.com", "", false, false},
+		{"user@", "", false, false},
+		{".user@example.com", "", false, false},
+		{"us..er@example.com", "", false, false},
+		{"user@-bad.example", "", false, false},
+		{"user@exa mple.com", "", false, false},
+		{"us er@example.com", "", false, false},
+		{"user\x01@example.com", "", false, false},
+		{"user@[300.1.1.1]", "", false, false},
+		{"user@[2001:db8::1]", "", false, false},
+		{"user@[192.0.2.1", "", false, false},
+		{strings.Repeat("a", 65) + "@example.com", "", false, false},
+	}
+	for _, tc := range tests {
+		got, err := checkAddress(tc.in, tc.utf8)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("checkAddress(%q, utf8=%v) = %q, %v", tc.in, tc.utf8, got, err)
+		}
+	}
+	if _, err := checkAddress("jörg@example.com", false); !errors.Is(err, ErrNeedSMTPUTF8) {
+		t.Errorf("non-ASCII without SMTPUTF8: %v", err)
+	}
+}
+
+func readAllChunked(r io.Reader) ([]byte, error) {
+	return io.ReadAll(iotest.OneByteReader(r))
+}
+
+func TestLineEndingsReject(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{"clean", "Subject: x\r\n\r\nhello\r\n", true},
+		{"empty", "", true},
+		{"bare LF", "Subject: x\n\r\nhello\r\n", false},
+		{"bare CR", "Subject: x\r\n\r\nhel\rlo\r\n", false},
+		{"smuggle LF.CRLF", "hello\n.\r\nMAIL FROM:<a@b>\r\n", false},
+		{"smuggle CR.CRLF", "hello\r.\r\nMAIL FROM:<a@b>\r\n", false},
+		{"smuggle LF.LF", "hello\n.\nMAIL FROM:<a@b>\r\n", false},
+		{"trailing CR", "hello\r", false},
+	}
+	for _, tc := range tests {
+		for _, chunked := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/chunked=%v", tc.name, chunked), func(t *testing.T) {
+				le := newLineEndings(strings.NewReader(tc.in), false)
+				var got []byte
+				var err error
+				if chunked {
+					got, err = readAllChunked(le)
+				} else {
+					got, err = io.ReadAll(le)
+				}
+				if tc.ok {
+					if err != nil || string(got) != tc.in {
+						t.Fatalf("got %q, %v", got, err)
+					}
+				} else if !errors.Is(err, ErrBareLineEnding) {
+					t.Fatalf("err = %v, want ErrBareLineEnding", err)
+				}
+			})
+		}
+	}
+}
+
+func TestLineEndingsNormalize(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"a\r\nb\r\n", "a\r\nb\r\n"},
+		{"a\nb\n", "a\r\nb\r\n"},
+		{"a\rb\r", "a\r\nb\r\n"},
+		{"hello\n.\r\nMAIL FROM:<a@b>\r\n", "hello\r\n.\r\nMAIL FROM:<a@b>\r\n"},
+		{"hello\r.\r\nX\r\n", "hello\r\n.\r\nX\r\n"},
+		{"\r\r\n", "\r\n\r\n"},
+		{"\n\n", "\r\n\r\n"},
+		{"", ""},
+	}
+	for _, tc := range tests {
+		for _, chunked := range []bool{false, true} {
+			le := newLineEndings(strings.NewReader(tc.in), true)
+			var got []byte
+			var err error
+			if chunked {
+				got, err = readAllChunked(le)
+			} else {
+				got, err = io.ReadAll(le)
+			}
+			if err != nil || string(got) != tc.want {
+				t.Errorf("normalize(%q, chunked=%v) = %q, %v; want %q", tc.in, chunked, got, err, tc.want)
+			}
+		}
+	}
+}
+
+func FuzzLineEndings(f *testing.F) {
+	for _, s := range []string{"a\r\nb", "a\nb", "a\rb", "\r\n.\r\n", "\n.\n", "\r.\r\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, err := io.ReadAll(newLineEndings(bytes.NewReader(in), true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// After normalizing, every CR is followed by LF and every LF
+		// preceded by CR: nothing the next hop could read as a line end
+		// is left except CRLF.
+		for i, c := range out {
+			if c == '\r' && (i+1 >= len(out) || out[i+1] != '\n') {
+				t.Fatalf("bare CR at %d in %q", i, out)
+			}
+			if c == '\n' && (i == 0 || out[i-1] != '\r') {
+				t.Fatalf("bare LF at %d in %q", i, out)
+			}
+		}
+		// Reject mode accepts exactly what normalize leaves unchanged.
+		_, rerr := io.ReadAll(newLineEndings(bytes.NewReader(in), false))
+		if (rerr == nil) != bytes.Equal(in, out) {
+			t.Fatalf("reject mode (%v) disagrees with normalize (changed=%v) on %q", rerr, !bytes.Equal(in, out), in)
+		}
+	})
+}
+
+func TestScanHeaders(t *testing.T) {
+	msg := "Received: from a\r\n\tby b\r\nreceived: x\r\nMessage-ID: <x@y>\r\nDATE: now\r\nSubject: Received: no\r\n\r\nReceived: in body\r\n"
+	f := scanHeaders([]byte(msg))
+	if f.received != 2 || !f.messageID || !f.date || !f.complete {
+		t.Fatalf("%+v", f)
+	}
+	f = scanHeaders([]byte("Subject: x\r\nFrom: a"))
+	if f.complete || f.messageID || f.date {
+		t.Fatalf("partial header: %+v", f)
+	}
+}
+
+func TestReceivedHeader(t *testing.T) {
+	now := time.Date(2026, 11, 22, 18, 30, 0, 0, time.UTC)
+	h := string(receivedHeader("sql01.corp", "10.1.2.3", "relay.example.com", "ESMTPS", "0KQ3H5XZ7M2P9RTA",
+		"TLSv1.3 with cipher TLS_AES_128_GCM_SHA256", []string{"ops@example.com"}, now))
+	want := "Received: from sql01.corp ([10.1.2.3])\r\n\tby relay.example.com (jetrelay) with ESMTPS id 0KQ3H5XZ7M2P9RTA\r\n" +
+		"\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\tfor <ops@example.com>; Sun, 22 Nov 2026 18:30:00 +0000\r\n"
+	if h != want {
+		t.Fatalf("got\n%q\nwant\n%q", h, want)
+	}
+	h = string(receivedHeader("evil\r\nX-Injected: 1 (x);", "10.1.2.3", "relay", "ESMTP", "ID", "", []string{"a@b", "c@d"}, now))
+	if strings.Count(h, "\r\n") != 2 || strings.Contains(h, "for <") {
+		t.Fatalf("HELO injection or recipient disclosure: %q", h)
+	}
+}
+
+func TestLoginServer(t *testing.T) {
+	check := func(u, p string) error {
+		if u == "dbmail" && p == "s3cret" {
+			return nil
+		}
+		return errors.New("bad")
+	}
+	// Classic exchange.
+	s := NewLoginServer(check)
+	ch, done, err := s.Next(nil)
+	if string(ch) != "Username:" || done || err != nil {
+		t.Fatalf("first: %q %v %v", ch, done, err)
+	}
+	ch, done, err = s.Next([]byte("dbmail"))
+	if string(ch) != "Password:" || done || err != nil {
+		t.Fatalf("user: %q %v %v", ch, done, err)
+	}
+	if _, done, err = s.Next([]byte("s3cret")); !done || err != nil {
+		t.Fatalf("pass: %v %v", done, err)
+	}
+	// Initial-response form: AUTH LOGIN <base64 user>.
+	s = NewLoginServer(check)
+	ch, done, err = s.Next([]byte("dbmail"))
+	if string(ch) != "Password:" || done || err != nil {
+		t.Fatalf("ir: %q %v %v", ch, done, err)
+	}
+	if _, done, err = s.Next([]byte("wrong")); !done || err == nil {
+		t.Fatal("wrong password accepted")
+	}
+}
+
+func TestAuthLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newAuthLimiter(3, time.Minute, 5*time.Minute)
+	l.now = func() time.Time { return now }
+	ip := netip.MustParseAddr("192.0.2.7")
+	other := netip.MustParseAddr("192.0.2.8")
+	if l.fail(ip) || l.fail(ip) {
+		t.Fatal("locked too early")
+	}
+	if l.locked(ip) {
+		t.Fatal("locked before the limit")
+	}
+	if !l.fail(ip) || !l.locked(ip) {
+		t.Fatal("not locked at the limit")
+	}
+	if l.locked(other) {
+		t.Fatal("lockout leaked to another IP")
+	}
+	now = now.Add(5*time.Minute + time.Second)
+	if l.locked(ip) {
+		t.Fatal("still locked after the cooling-off period")
+	}
+	// Failures spread wider than the window do not add up.
+	for i := 0; i < 5; i++ {
+		now = now.Add(2 * time.Minute)
+		if l.fail(other) {
+			t.Fatal("locked by failures outside the window")
+		}
+	}
+}
+
+func TestUsers(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "users.yaml")
+	if err := AddUser(file, "dbmail", "s3cret", []string{"*@corp.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddUser(file, "other", "pw2", nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(file); st.Mode().Perm() != 0o600 {
+		t.Fatalf("users file mode %v", st.Mode())
+	}
+	data, _ := os.ReadFile(file)
+	if bytes.Contains(data, []byte("s3cret")) {
+		t.Fatal("plaintext password in the users file")
+	}
+	u, err := LoadUsers(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	usr, ok := u.Check("dbmail", "s3cret")
+	if !ok {
+		t.Fatal("right password refused")
+	}
+	if _, ok := u.Check("dbmail", "S3cret"); ok {
+		t.Fatal("wrong password accepted")
+	}
+	if _, ok := u.Check("nobody", "s3cret"); ok {
+		t.Fatal("unknown user accepted")
+	}
+	for from, want := range map[string]bool{"alerts@corp.example": true, "ALERTS@Corp.Example": true, "x@evil.example": false, "": true} {
+		if usr.MaySend(from) != want {
+			t.Errorf("MaySend(%q) = %v", from, !want)
+		}
+	}
+	if o, _ := u.Check("other", "pw2"); o == nil || !o.MaySend("anyone@anywhere.example") {
+		t.Fatal("user without restrictions")
+	}
+	if err := os.WriteFile(file, []byte("users:\n  bad:\n    password: plaintext\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadUsers(file); err == nil {
+		t.Fatal("plaintext password in users file accepted")
+	}
+}
