@@ -349,3 +349,29 @@ func TestUsers(t *testing.T) {
 		t.Fatal("plaintext password in users file accepted")
 	}
 }
+
+func FuzzCheckAddress(f *testing.F) {
+	for _, s := range []string{"user@example.com", "a@[192.0.2.1]", "jörg@bücher.de", "a@b@c", "x@y.", "\"q\"@x", "a%b@c"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, in string, utf8 bool) {
+		out, err := checkAddress(in, utf8)
+		if err != nil {
+			return
+		}
+		// An accepted address has one '@', no control characters or
+		// spaces, a lower-case domain, and is a fixed point.
+		if strings.Count(out, "@") != 1 || strings.ContainsAny(out, " \t\r\n\x00\"\\") {
+			t.Fatalf("accepted %q as %q", in, out)
+		}
+		at := strings.LastIndexByte(out, '@')
+		if dom := out[at+1:]; dom != strings.ToLower(dom) {
+			t.Fatalf("domain not lower-cased: %q", out)
+		}
+		again, err := checkAddress(out, utf8)
+		if err != nil || again != out {
+			t.Fatalf("checkAddress not idempotent: %q -> %q -> %q, %v", in, out, again, err)
+		}
+	})
+}

@@ -104,3 +104,13 @@ func (p *PKI) ServerConfig() *tls.Config {
 func (p *PKI) ClientConfig(serverName string) *tls.Config {
 	return &tls.Config{RootCAs: p.Pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
 }
+
+// CAFile writes the CA certificate (PEM) and returns its path.
+func (p *PKI) CAFile(t testing.TB) string {
+	t.Helper()
+	f := filepath.Join(p.dir, "ca.crt")
+	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.caCert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
