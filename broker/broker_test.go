@@ -224,3 +224,63 @@ func TestHexDigest(t *testing.T) {
 		t.Fatalf("hexDigest = %s %v", h, err)
 	}
 }
+
+func TestScanQueueAndDeadLetters(t *testing.T) {
+	c := provisioned(t)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < 600; i++ {
+		j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+		var err error
+		if i%3 == 0 {
+			j.Attempt = 2
+			err = c.ScheduleJob(ctx, j, []byte("b\r\n"), time.Now().Add(time.Hour))
+		} else {
+			err = c.PublishJob(ctx, j, []byte("b\r\n"))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, j.QueueID)
+	}
+	seen := map[string]bool{}
+	sched := 0
+	var last uint64
+	err := c.ScanQueue(ctx, 0, func(q *QueuedJob) bool {
+		if q.Err != nil || q.Seq <= last {
+			t.Fatalf("scan: %v, seq %d after %d", q.Err, q.Seq, last)
+		}
+		last = q.Seq
+		seen[q.Job.QueueID] = true
+		if q.Scheduled {
+			sched++
+			if time.Until(q.NextAt) < 50*time.Minute {
+				t.Fatalf("scheduled job due at %v", q.NextAt)
+			}
+		}
+		return true
+	})
+	if err != nil || len(seen) != 600 || sched != 200 {
+		t.Fatalf("scan: %v, %d jobs, %d scheduled", err, len(seen), sched)
+	}
+	// Stopping early and resuming from a sequence (paging).
+	n := 0
+	var stopAt uint64
+	_ = c.ScanQueue(ctx, 0, func(q *QueuedJob) bool { n++; stopAt = q.Seq; return n < 10 })
+	m := 0
+	_ = c.ScanQueue(ctx, stopAt+1, func(q *QueuedJob) bool { m++; return true })
+	if n != 10 || m != 590 {
+		t.Fatalf("paging: %d then %d", n, m)
+	}
+	d := &contracts.DeadLetter{ID: "X-d1", Reason: contracts.ReasonRejected, Job: contracts.Job{QueueID: "X", Rcpts: []contracts.Recipient{{Addr: "a@b"}}}}
+	if err := c.PublishDeadLetter(ctx, d, []byte("hello\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	var dls []*StoredDeadLetter
+	if err := c.ScanDeadLetters(ctx, 0, func(s *StoredDeadLetter) bool { dls = append(dls, s); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 1 || dls[0].DL.ID != "X-d1" || string(dls[0].Inline) != "hello\r\n" {
+		t.Fatalf("dead letters: %+v", dls)
+	}
+}

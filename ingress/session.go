@@ -151,7 +151,7 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			r.Notify = append(r.Notify, string(n))
 		}
 		if opts.OriginalRecipient != "" {
-			r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+			r.ORcpt = strings.ToLower(string(opts.OriginalRecipientType)) + ";" + opts.OriginalRecipient
 		}
 	}
 	s.rcpts = append(s.rcpts, r)

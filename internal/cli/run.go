@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/jetrelay/jetrelay/internal/config"
@@ -92,23 +94,37 @@ func newDeliveryCmd(g *globals) *cobra.Command {
 }
 
 // runStages runs the chosen stages until SIGINT/SIGTERM (a second signal
-// exits at once), then stops them gracefully.
+// exits at once), or, when the Windows Service Control Manager started the
+// process, until the service is stopped; then it stops them gracefully.
 func runStages(cfg *config.Config, log zerolog.Logger, st app.Stages) error {
-	var a *app.App
+	if handled, err := runAsService(cfg, log, st); handled {
+		return err
+	}
+	var running atomic.Pointer[app.App]
 	ctx, stop := signalContext(log, func() {
-		if a != nil {
+		if a := running.Load(); a != nil {
 			a.ReloadCertificates()
 		}
 	})
 	defer stop()
 	log.Info().Str("version", version()).Msg("jetrelay")
+	return runUntil(ctx, cfg, log, st, func(a *app.App) { running.Store(a) })
+}
+
+// runUntil starts the stages, calls started once they accept work, waits
+// until ctx is done or a stage fails, and stops them gracefully.
+func runUntil(ctx context.Context, cfg *config.Config, log zerolog.Logger, st app.Stages, started func(*app.App)) error {
 	a, err := app.Start(cfg, log, st, app.Options{})
 	if err != nil {
 		return err
 	}
+	if started != nil {
+		started(a)
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
+		log.Info().Msg("stop requested: shutting down gracefully")
 	case runErr = <-a.Errors():
 		log.Error().Err(runErr).Msg("a stage failed; stopping")
 	}

@@ -1,0 +1,134 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go"
+)
+
+// StoredMsg is a message as stored in a stream.
+type StoredMsg struct {
+	Seq     uint64
+	Subject string
+	Time    time.Time
+	Header  nats.Header
+	Data    []byte
+}
+
+// scanBatch is how many messages one direct-get request returns.
+const scanBatch = 256
+
+// scan reads the messages of a stream whose subject matches filter, in
+// sequence order starting at from, without a consumer (a WorkQueue stream
+// allows no second one) and without holding them all in memory: batched
+// direct gets of scanBatch messages. fn returns false to stop.
+func (c *Client) scan(ctx context.Context, stream, filter string, from uint64, fn func(*StoredMsg) bool) error {
+	if from == 0 {
+		from = 1
+	}
+	inbox := c.nc.NewInbox()
+	sub, err := c.nc.SubscribeSync(inbox)
+	if err != nil {
+		return fmt.Errorf("%w: scan %s: %v", ErrUnavailable, stream, err)
+	}
+	defer sub.Unsubscribe()
+batches:
+	for {
+		req, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": filter, "batch": scanBatch, "max_bytes": 8 << 20})
+		if err := c.nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+			return fmt.Errorf("%w: scan %s: %v", ErrUnavailable, stream, err)
+		}
+		got := 0
+		for {
+			wait := 5 * time.Second
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+				wait = time.Until(dl)
+			}
+			m, err := sub.NextMsg(wait)
+			if err != nil {
+				return fmt.Errorf("%w: scan %s: %v", ErrUnavailable, stream, err)
+			}
+			switch m.Header.Get("Status") {
+			case "":
+			case "404": // nothing (more) matches
+				return nil
+			case "204": // end of this batch
+				pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+				if pending == 0 || got == 0 {
+					return nil
+				}
+				continue batches
+			case "408":
+				return fmt.Errorf("%w: scan %s: request timeout", ErrUnavailable, stream)
+			default:
+				return fmt.Errorf("scan %s: status %s %s", stream, m.Header.Get("Status"), m.Header.Get("Description"))
+			}
+			seq, _ := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+			ts, _ := time.Parse(time.RFC3339Nano, m.Header.Get("Nats-Time-Stamp"))
+			got++
+			from = seq + 1
+			if !fn(&StoredMsg{Seq: seq, Subject: m.Header.Get("Nats-Subject"), Time: ts, Header: m.Header, Data: m.Data}) {
+				return nil
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// QueuedJob is a job in the live queue.
+type QueuedJob struct {
+	Seq       uint64
+	Subject   string
+	Scheduled bool      // a retry waiting for its time (else ready or being delivered)
+	NextAt    time.Time // when a scheduled retry becomes due
+	Stored    time.Time // when this message was stored
+	Job       *contracts.Job
+	Inline    []byte // the body when it travels in the job
+	Err       error  // the payload did not decode
+}
+
+// ScanQueue calls fn for every job in the live queue (ready, in flight and
+// scheduled) from stream sequence `from` on, in sequence order.
+func (c *Client) ScanQueue(ctx context.Context, from uint64, fn func(*QueuedJob) bool) error {
+	return c.scan(ctx, contracts.StreamQueue, contracts.SubjectQueuePrefix+">", from, func(m *StoredMsg) bool {
+		qj := &QueuedJob{Seq: m.Seq, Subject: m.Subject, Stored: m.Time}
+		if strings.HasPrefix(m.Subject, contracts.SubjectSchedulePrefix) {
+			qj.Scheduled = true
+			qj.NextAt = scheduleTime(m.Header.Get(contracts.HeaderSchedule))
+		}
+		qj.Job, qj.Inline, qj.Err = contracts.DecodeJob(m.Data)
+		return fn(qj)
+	})
+}
+
+// scheduleTime reads "@at 2026-11-22T18:30:00Z".
+func scheduleTime(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339, strings.TrimPrefix(s, "@at "))
+	return t
+}
+
+// StoredDeadLetter is a record in the dead-letter stream.
+type StoredDeadLetter struct {
+	Seq    uint64
+	Stored time.Time
+	DL     *contracts.DeadLetter
+	Inline []byte
+	Err    error
+}
+
+// ScanDeadLetters calls fn for every dead letter from sequence `from` on.
+func (c *Client) ScanDeadLetters(ctx context.Context, from uint64, fn func(*StoredDeadLetter) bool) error {
+	return c.scan(ctx, contracts.StreamDeadLetter, contracts.SubjectDeadLettersAll, from, func(m *StoredMsg) bool {
+		sd := &StoredDeadLetter{Seq: m.Seq, Stored: m.Time}
+		sd.DL, sd.Inline, sd.Err = contracts.DecodeDeadLetter(m.Data)
+		return fn(sd)
+	})
+}
