@@ -98,7 +98,7 @@ func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    s.Replicas,
-		Duplicates:  s.DedupeWindow,
+		Duplicates:  min(s.DedupeWindow, s.DeadLetterRetention),
 		MaxAge:      s.DeadLetterRetention,
 		Discard:     jetstream.DiscardOld,
 		AllowDirect: true,

@@ -38,3 +38,9 @@ const (
 func DeadLetterID(jobID string, attempt int) string {
 	return jobID + "-d" + strconv.Itoa(attempt)
 }
+
+// DeletedID derives the ID of the dead letter an operator's delete writes
+// for a job at an attempt (distinct from DeadLetterID of the same job).
+func DeletedID(jobID string, attempt int) string {
+	return jobID + "-x" + strconv.Itoa(attempt)
+}

@@ -24,4 +24,6 @@ func (w *Writer) Write(ctx context.Context, d *contracts.DeadLetter, inline []by
 }
 
 // Holder is the name under which a dead letter holds its body object.
-func Holder(id string) string { return "dl:" + id }
+func Holder(id string) string { return holderPrefix + id }
+
+const holderPrefix = "dl:"

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/deadletter"
 	"github.com/jetrelay/jetrelay/delivery"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
@@ -146,12 +147,38 @@ func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App
 				a.errs <- fmt.Errorf("delivery: %w", err)
 			}
 		}()
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.sweep(ctx)
+		}()
 	}
 	if err := a.startHTTP(); err != nil {
 		return a, err
 	}
 	log.Info().Msg("started")
 	return a, nil
+}
+
+// sweep releases, every deadletter.sweep_interval, the bodies of dead
+// letters that the stream's retention removed.
+func (a *App) sweep(ctx context.Context) {
+	st := deadletter.NewStore(a.bc)
+	t := time.NewTicker(a.cfg.DeadLetter.SweepInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := st.Sweep(ctx)
+			if err != nil && ctx.Err() == nil {
+				a.log.Warn().Err(err).Msg("dead-letter body sweep failed; will retry")
+			} else if n > 0 {
+				a.log.Info().Int("bodies", n).Msg("released the bodies of expired dead letters")
+			}
+		}
+	}
 }
 
 // Errors reports a stage that failed on its own.

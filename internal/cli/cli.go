@@ -97,6 +97,7 @@ Start everything on one machine with:  jetrelay serve`,
 	root.AddCommand(
 		newServeCmd(g), newBrokerCmd(g), newIngressCmd(g), newDeliveryCmd(g),
 		newSendCmd(g), newConfigCmd(g), newVersionCmd(g), newUserCmd(g),
+		newQueueCmd(g), newDeadLetterCmd(g),
 	)
 	for _, c := range extraCommands {
 		root.AddCommand(c(g))

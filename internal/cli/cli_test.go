@@ -76,3 +76,18 @@ func TestVersionAndDefaultSendServer(t *testing.T) {
 		}
 	}
 }
+
+func TestOperatorCommandsExplainUnreachableBroker(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errs := run(t, "", "queue", "list", "--data-dir", dir)
+	if code != 1 || !strings.Contains(errs, "no broker.url") || !strings.Contains(errs, "jetrelay serve") {
+		t.Fatalf("no broker: %d %s", code, errs)
+	}
+	code, _, errs = run(t, "", "deadletter", "list", "--data-dir", dir, "--broker-url", "nats://127.0.0.1:1")
+	if code != 1 || !strings.Contains(errs, "cannot reach the broker at nats://127.0.0.1:1") {
+		t.Fatalf("unreachable broker: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "", "deadletter", "replay"); code != 1 || !strings.Contains(errs, "--all") {
+		t.Fatalf("replay without a selection: %d %s", code, errs)
+	}
+}

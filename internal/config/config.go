@@ -223,7 +223,11 @@ type Retry struct {
 
 // DeadLetter is the dead-letter stream.
 type DeadLetter struct {
+	// Retention is how long dead letters, and their bodies, are kept.
 	Retention Duration `yaml:"retention"`
+	// SweepInterval is how often delivery processes release the bodies of
+	// dead letters that expired.
+	SweepInterval Duration `yaml:"sweep_interval"`
 }
 
 // HTTP serves /metrics, /healthz and /readyz.
@@ -292,7 +296,7 @@ func Default() *Config {
 				Jitter: 0.1,
 			},
 		},
-		DeadLetter: DeadLetter{Retention: Duration(720 * time.Hour)},
+		DeadLetter: DeadLetter{Retention: Duration(720 * time.Hour), SweepInterval: Duration(10 * time.Minute)},
 		HTTP:       HTTP{Listen: "127.0.0.1:8025"},
 		Log:        Log{Level: "info", Format: "json"},
 	}

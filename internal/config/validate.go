@@ -238,8 +238,11 @@ func (c *Config) Validate() error {
 	}
 	positive(add, "delivery.connect_timeout", c.Delivery.ConnectTimeout)
 
-	if c.DeadLetter.Retention.D() < time.Minute {
-		add("deadletter.retention", "must be at least 1m, got %s", c.DeadLetter.Retention)
+	if c.DeadLetter.Retention.D() < time.Second {
+		add("deadletter.retention", "must be at least 1s, got %s", c.DeadLetter.Retention)
+	}
+	if c.DeadLetter.SweepInterval.D() < 100*time.Millisecond {
+		add("deadletter.sweep_interval", "must be at least 100ms, got %s", c.DeadLetter.SweepInterval)
 	}
 	if c.HTTP.Listen != "" && c.HTTP.Listen != "off" {
 		checkHostPort(add, "http.listen", c.HTTP.Listen, true)

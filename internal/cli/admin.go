@@ -1,0 +1,183 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/internal/app"
+	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/internal/logging"
+	"github.com/spf13/cobra"
+)
+
+// adminConn connects an operator command to the broker of this
+// configuration (broker.url, or the embedded broker of data_dir) and
+// attaches to the streams without changing them.
+func (g *globals) adminConn(ctx context.Context) (*broker.Client, *config.Config, error) {
+	cfg, _, err := g.load(nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	lvl := cfg.Log.Level
+	if g.logLevel == "" {
+		lvl = "error" // keep operator output clean unless asked
+	}
+	log := logging.New(g.stderr, lvl, "console")
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	bc, err := app.ConnectBroker(cctx, cfg, "jetrelay-cli", log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w\n(is the relay running? for `jetrelay serve` on this machine use the same data_dir; for a cluster set broker.url)", err)
+	}
+	if err := bc.Bind(cctx, app.BrokerSettings(cfg)); err != nil {
+		bc.Close()
+		return nil, nil, err
+	}
+	return bc, cfg, nil
+}
+
+// listFlags are the paging and output flags of every list command.
+type listFlags struct {
+	json  bool
+	limit int
+	after uint64
+}
+
+func (l *listFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&l.json, "json", false, "JSON Lines: one object per line (see README, \"Operator commands\")")
+	cmd.Flags().IntVar(&l.limit, "limit", 0, "show at most this many entries (0: all)")
+	cmd.Flags().Uint64Var(&l.after, "after", 0, "continue after this cursor (printed at the end of a limited page)")
+}
+
+// output writes rows as a table or JSON Lines, streaming: a table is
+// flushed every page of rows, so a long list never sits in memory.
+type output struct {
+	w     io.Writer
+	json  bool
+	tw    *tabwriter.Writer
+	rows  int
+	heads string
+	enc   *json.Encoder
+}
+
+func newOutput(w io.Writer, jsonOut bool, headers string) *output {
+	o := &output{w: w, json: jsonOut, heads: headers}
+	if jsonOut {
+		o.enc = json.NewEncoder(w)
+	}
+	return o
+}
+
+func (o *output) row(obj any, cells ...string) {
+	if o.json {
+		_ = o.enc.Encode(obj)
+		return
+	}
+	if o.tw == nil {
+		o.tw = tabwriter.NewWriter(o.w, 2, 4, 2, ' ', 0)
+		if o.rows == 0 {
+			fmt.Fprintln(o.tw, o.heads)
+		}
+	}
+	fmt.Fprintln(o.tw, strings.Join(cells, "\t"))
+	o.rows++
+	if o.rows%200 == 0 {
+		o.flush()
+	}
+}
+
+func (o *output) flush() {
+	if o.tw != nil {
+		_ = o.tw.Flush()
+		o.tw = nil
+	}
+}
+
+func (o *output) more(after uint64, noun string) {
+	o.flush()
+	if after == 0 {
+		return
+	}
+	if o.json {
+		_ = o.enc.Encode(map[string]any{"type": "more", "after": after})
+		return
+	}
+	fmt.Fprintf(o.w, "more %s: --after %d\n", noun, after)
+}
+
+func ago(t time.Time, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := now.Sub(t)
+	neg := d < 0
+	if neg {
+		d = -d
+	}
+	var s string
+	switch {
+	case d < time.Minute:
+		s = fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		s = fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		s = fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	default:
+		s = fmt.Sprintf("%dd%02dh", int(d.Hours()/24), int(d.Hours())%24)
+	}
+	if neg {
+		return "in " + s
+	}
+	return s
+}
+
+func rcptList(rs []contracts.Recipient) string {
+	addrs := make([]string, len(rs))
+	for i, r := range rs {
+		addrs[i] = r.Addr
+	}
+	s := strings.Join(addrs, ",")
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+func short(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// parseSince accepts an RFC 3339 time, a date, or a duration ago ("2h").
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	d, err := config.ParseDuration(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither a time (2026-11-22T18:00:00Z, 2026-11-22) nor a duration ago (2h, 3d)", s)
+	}
+	return now.Add(-d.D()), nil
+}
