@@ -74,7 +74,9 @@ func anyRcpt(rs []contracts.Recipient, f func(contracts.Recipient) bool) bool {
 	return false
 }
 
-func containsFold(s, sub string) bool { return strings.Contains(strings.ToLower(s), strings.ToLower(sub)) }
+func containsFold(s, sub string) bool {
+	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
 
 // Entry is one stored dead letter.
 type Entry struct {
