@@ -132,6 +132,28 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 	return c, nil
 }
 
+// WaitConnected waits until the connection to a server is up (the client
+// was made with RetryOnFailedConnect), logging now and then while it waits.
+func (c *Client) WaitConnected(ctx context.Context, log zerolog.Logger) error {
+	start := time.Now()
+	nextLog := start.Add(2 * time.Second)
+	for !c.nc.IsConnected() {
+		if c.nc.IsClosed() {
+			return errors.New("broker connection closed")
+		}
+		if time.Now().After(nextLog) {
+			log.Warn().Dur("waited", time.Since(start)).Msg("waiting for the broker")
+			nextLog = time.Now().Add(10 * time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the broker: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // Close drains the connection: pending publishes and acks are flushed.
 func (c *Client) Close() {
 	if c == nil || c.nc == nil {

@@ -57,9 +57,10 @@ type ClusterOptions struct {
 
 // Embedded is a running embedded NATS server.
 type Embedded struct {
-	srv   *server.Server
-	creds Credentials
-	log   zerolog.Logger
+	srv       *server.Server
+	creds     Credentials
+	log       zerolog.Logger
+	clustered bool
 }
 
 // Credentials are what a client needs to reach an embedded server: written
@@ -153,9 +154,10 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 		Users:             []*server.User{{Username: creds.User, Password: creds.Password}},
 		JetStreamMaxStore: opts.MaxStore,
 		MaxPayload:        opts.MaxPayload,
-		// A stopping node tells its clients to move elsewhere first.
-		LameDuckDuration:    30 * time.Second,
-		LameDuckGracePeriod: 5 * time.Second,
+		// A stopping cluster node tells its clients to move elsewhere
+		// first, spreading their reconnects over LameDuckDuration.
+		LameDuckDuration:    5 * time.Second,
+		LameDuckGracePeriod: 2 * time.Second,
 	}
 	if !opts.SyncAlways && opts.SyncInterval > 0 {
 		sopts.SyncInterval = opts.SyncInterval
@@ -211,7 +213,7 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 	}
 	log.Info().Str("url", creds.URL).Str("store", sopts.StoreDir).Bool("sync_always", opts.SyncAlways).
 		Msg("embedded broker ready")
-	return &Embedded{srv: srv, creds: creds, log: log}, nil
+	return &Embedded{srv: srv, creds: creds, log: log, clustered: opts.Cluster != nil}, nil
 }
 
 func applyCluster(sopts *server.Options, c *ClusterOptions) error {
@@ -248,9 +250,16 @@ func (e *Embedded) Ready() bool {
 	return st != nil && st.Error == ""
 }
 
-// Shutdown stops the server and waits until it has flushed its store.
+// Shutdown stops the server and waits until it has flushed its store. A
+// cluster node goes through lame-duck mode first: it stops taking clients,
+// tells the connected ones to move to the other nodes, and hands its
+// stream and consumer leaderships over before it exits.
 func (e *Embedded) Shutdown() {
-	e.srv.Shutdown()
+	if e.clustered && e.srv.Running() {
+		e.srv.LameDuckShutdown()
+	} else {
+		e.srv.Shutdown()
+	}
 	e.srv.WaitForShutdown()
 	e.log.Info().Msg("embedded broker stopped")
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -249,7 +250,7 @@ func (c *Client) InlineLimit() int { return c.maxData }
 func retryTransient(ctx context.Context, c *Client, what string, do func(context.Context) error) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := do(callCtx)
 		cancel()
 		if err == nil {
@@ -286,5 +287,6 @@ func transient(err error) bool {
 		return apiErr.Code == 503 || apiErr.Code == 500 || apiErr.Code == 408
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, jetstream.ErrNoHeartbeat) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
 		isNoResponders(err) || isTimeout(err)
 }

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
@@ -69,17 +70,22 @@ type App struct {
 	http     *http.Server
 	httpAddr net.Addr
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	started atomic.Bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 	errs   chan error
 	once   sync.Once
 }
 
-// Start brings up the stages and returns once they accept work. The
+// Start brings up the stages and returns once they accept work. A stage
+// without an embedded broker waits for the broker as long as it takes
+// (readiness stays false meanwhile), until startCtx is cancelled. The
 // caller must call Stop.
-func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App, err error) {
+func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App, err error) {
 	log = log.With().Str("process", st.Name()).Logger()
 	ctx, cancel := context.WithCancel(context.Background())
+	stopStart := context.AfterFunc(startCtx, cancel)
+	defer stopStart()
 	a = &App{cfg: cfg, log: log, reg: prometheus.NewRegistry(), cancel: cancel, errs: make(chan error, 4)}
 	defer func() {
 		if err != nil {
@@ -88,6 +94,11 @@ func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	log.Info().Str("hostname", cfg.Hostname).Msg("starting")
+	// Health endpoints first: /healthz answers while the broker is awaited,
+	// /readyz says "not ready" until every stage accepts work.
+	if err := a.startHTTP(); err != nil {
+		return a, err
+	}
 
 	if st.Broker {
 		a.emb, err = startEmbedded(cfg, log)
@@ -99,15 +110,15 @@ func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App
 			Name: "jetrelay-" + st.Name(), InProcess: a.emb.Server(), User: creds.User, Password: creds.Password,
 		}, log)
 	} else {
-		a.bc, err = ConnectBroker(ctx, cfg, "jetrelay-"+st.Name(), log)
+		a.bc, err = ConnectBroker(ctx, cfg, "jetrelay-"+st.Name(), log, true)
+		if err == nil {
+			err = a.bc.WaitConnected(ctx, log)
+		}
 	}
 	if err != nil {
 		return a, err
 	}
-	pctx, pcancel := context.WithTimeout(ctx, 2*time.Minute)
-	err = a.bc.Provision(pctx, BrokerSettings(cfg))
-	pcancel()
-	if err != nil {
+	if err := a.bc.Provision(ctx, BrokerSettings(cfg)); err != nil {
 		return a, err
 	}
 	a.reg.MustRegister(broker.NewQueueCollector(a.bc))
@@ -153,9 +164,7 @@ func Start(cfg *config.Config, log zerolog.Logger, st Stages, o Options) (a *App
 			a.sweep(ctx)
 		}()
 	}
-	if err := a.startHTTP(); err != nil {
-		return a, err
-	}
+	a.started.Store(true)
 	log.Info().Msg("started")
 	return a, nil
 }
@@ -239,6 +248,9 @@ func (a *App) Stop() {
 }
 
 func (a *App) ready() error {
+	if !a.started.Load() {
+		return errors.New("starting (waiting for the broker)")
+	}
 	if a.bc == nil || !a.bc.Connected() {
 		return errors.New("broker connection down")
 	}

@@ -34,6 +34,13 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 	}
 	if cl := cfg.Broker.Cluster; cl.Listen != "" {
 		opts.Cluster = &broker.ClusterOptions{Name: cl.Name, Listen: cl.Listen, Routes: cl.Routes, User: cl.User, Password: cl.Password}
+		if cl.PasswordFile != "" {
+			p, err := readSecret(cl.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("broker.cluster.password_file: %w", err)
+			}
+			opts.Cluster.Password = p
+		}
 	}
 	if !opts.SyncAlways {
 		d, _ := time.ParseDuration(cfg.Broker.SyncInterval)
@@ -45,9 +52,14 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 // ConnectBroker reaches the broker for a stage or the CLI: broker.url with
 // the configured credentials, or else the embedded broker of the same
 // data_dir through data_dir/broker.json.
-func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zerolog.Logger) (*broker.Client, error) {
+//
+// With retry the connection is made in the background (a long-running
+// stage waits for a broker that is not up yet); without it an unreachable
+// broker is an error at once (operator commands).
+func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zerolog.Logger, retry bool) (*broker.Client, error) {
 	o := broker.ConnectOptions{
-		Name:            name,
+		Name:                 name,
+		RetryOnFailedConnect: retry,
 		URLs:            cfg.Broker.URL,
 		User:            cfg.Broker.User,
 		Password:        cfg.Broker.Password,

@@ -32,7 +32,7 @@ func (g *globals) adminConn(ctx context.Context) (*broker.Client, *config.Config
 	log := logging.New(g.stderr, lvl, "console")
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	bc, err := app.ConnectBroker(cctx, cfg, "jetrelay-cli", log)
+	bc, err := app.ConnectBroker(cctx, cfg, "jetrelay-cli", log, false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w\n(is the relay running? for `jetrelay serve` on this machine use the same data_dir; for a cluster set broker.url)", err)
 	}

@@ -114,7 +114,7 @@ func runStages(cfg *config.Config, log zerolog.Logger, st app.Stages) error {
 // runUntil starts the stages, calls started once they accept work, waits
 // until ctx is done or a stage fails, and stops them gracefully.
 func runUntil(ctx context.Context, cfg *config.Config, log zerolog.Logger, st app.Stages, started func(*app.App)) error {
-	a, err := app.Start(cfg, log, st, app.Options{})
+	a, err := app.Start(ctx, cfg, log, st, app.Options{})
 	if err != nil {
 		return err
 	}

@@ -93,17 +93,7 @@ func defaultSendServer(listen []string) string {
 	if len(listen) == 0 {
 		return "127.0.0.1:2525"
 	}
-	host, port, err := net.SplitHostPort(listen[0])
-	if err != nil {
-		return listen[0]
-	}
-	switch host {
-	case "", "0.0.0.0":
-		host = "127.0.0.1"
-	case "::":
-		host = "::1"
-	}
-	return net.JoinHostPort(host, port)
+	return probeAddr(listen[0])
 }
 
 func sendPassword(file string, stderr io.Writer) (string, error) {

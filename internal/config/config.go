@@ -89,8 +89,9 @@ type BrokerCluster struct {
 	Name     string     `yaml:"name"`
 	Listen   string     `yaml:"listen"` // host:port for route connections, e.g. 0.0.0.0:6222
 	Routes   StringList `yaml:"routes"` // nats://node1:6222,nats://node2:6222,…
-	User     string     `yaml:"user"`
-	Password string     `yaml:"password" secret:"true"`
+	User         string     `yaml:"user"`
+	Password     string     `yaml:"password" secret:"true"`
+	PasswordFile string     `yaml:"password_file"`
 }
 
 // TLSClient configures TLS toward the NATS servers.

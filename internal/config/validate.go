@@ -98,9 +98,10 @@ func (c *Config) Validate() error {
 		if c.Broker.Listen == "off" {
 			add("broker.listen", "a cluster node needs a client port")
 		}
-		if (cl.User == "") != (cl.Password == "") {
-			add("broker.cluster", "user and password go together")
+		if (cl.User == "") != (cl.Password == "" && cl.PasswordFile == "") {
+			add("broker.cluster", "user and password (or password_file) go together")
 		}
+		checkFile(add, "broker.cluster.password_file", cl.PasswordFile)
 	}
 	if c.Broker.AckWait.D() < 5*time.Second {
 		add("broker.ack_wait", "must be at least 5s, got %s", c.Broker.AckWait)

@@ -62,7 +62,9 @@ func StartStages(t testing.TB, cfg *config.Config, st app.Stages, o app.Options)
 
 func (r *Relay) start() {
 	r.t.Helper()
-	a, err := app.Start(r.Cfg, r.log, r.st, r.Opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := app.Start(ctx, r.Cfg, r.log, r.st, r.Opts)
 	if err != nil {
 		r.t.Fatalf("start relay: %v", err)
 	}
