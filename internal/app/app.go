@@ -73,8 +73,8 @@ type App struct {
 	started atomic.Bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	errs   chan error
-	once   sync.Once
+	errs    chan error
+	once    sync.Once
 }
 
 // Start brings up the stages and returns once they accept work. A stage

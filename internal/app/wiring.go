@@ -60,15 +60,15 @@ func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zer
 	o := broker.ConnectOptions{
 		Name:                 name,
 		RetryOnFailedConnect: retry,
-		URLs:            cfg.Broker.URL,
-		User:            cfg.Broker.User,
-		Password:        cfg.Broker.Password,
-		Token:           cfg.Broker.Token,
-		CredentialsFile: cfg.Broker.Credentials,
-		NKeyFile:        cfg.Broker.NKeyFile,
-		CAFile:          cfg.Broker.TLS.CA,
-		CertFile:        cfg.Broker.TLS.Cert,
-		KeyFile:         cfg.Broker.TLS.Key,
+		URLs:                 cfg.Broker.URL,
+		User:                 cfg.Broker.User,
+		Password:             cfg.Broker.Password,
+		Token:                cfg.Broker.Token,
+		CredentialsFile:      cfg.Broker.Credentials,
+		NKeyFile:             cfg.Broker.NKeyFile,
+		CAFile:               cfg.Broker.TLS.CA,
+		CertFile:             cfg.Broker.TLS.Cert,
+		KeyFile:              cfg.Broker.TLS.Key,
 	}
 	if cfg.Broker.PasswordFile != "" {
 		p, err := readSecret(cfg.Broker.PasswordFile)

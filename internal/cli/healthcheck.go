@@ -72,4 +72,3 @@ func probeAddr(listen string) string {
 	}
 	return net.JoinHostPort(host, port)
 }
-

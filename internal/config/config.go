@@ -86,9 +86,9 @@ type Broker struct {
 // BrokerCluster joins the embedded server to a NATS cluster: the same name
 // on every node, each node's route address, and the routes of all nodes.
 type BrokerCluster struct {
-	Name     string     `yaml:"name"`
-	Listen   string     `yaml:"listen"` // host:port for route connections, e.g. 0.0.0.0:6222
-	Routes   StringList `yaml:"routes"` // nats://node1:6222,nats://node2:6222,…
+	Name         string     `yaml:"name"`
+	Listen       string     `yaml:"listen"` // host:port for route connections, e.g. 0.0.0.0:6222
+	Routes       StringList `yaml:"routes"` // nats://node1:6222,nats://node2:6222,…
 	User         string     `yaml:"user"`
 	Password     string     `yaml:"password" secret:"true"`
 	PasswordFile string     `yaml:"password_file"`
