@@ -250,7 +250,7 @@ func (c *Client) InlineLimit() int { return c.maxData }
 func retryTransient(ctx context.Context, c *Client, what string, do func(context.Context) error) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := do(callCtx)
 		cancel()
 		if err == nil {

@@ -563,12 +563,32 @@ func (w *Worker) retryPublish(ctx context.Context, f func(context.Context) (int,
 	}
 }
 
+// ack acknowledges a finished job, retrying with short timeouts for up to
+// half the AckWait: when the consumer's leader moves (a broker node
+// restarting), one ack can be lost, and a job whose ack is lost is handed
+// out again and delivered twice. Acks are idempotent.
 func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
-	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := m.Ack(actx); err != nil {
-		log.Warn().Err(err).Msg("ack failed; the job may be delivered again")
+	deadline := time.Now().Add(w.opts.AckWait / 2)
+	var err error
+	for try := 1; ; try++ {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		err = m.Ack(actx)
+		cancel()
+		if err == nil {
+			if try > 1 {
+				log.Info().Int("tries", try).Msg("ack went through after retrying")
+			}
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
+	log.Warn().Err(err).Msg("ack failed; the job may be delivered again")
 }
 
 // deadMalformed dead-letters a payload that does not decode, keeping the

@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,6 +94,40 @@ func TestTwoDomainsOneMessage(t *testing.T) {
 	for _, r := range []string{"x@a.test", "y@b.test", "z@a.test"} {
 		if seen[r] != 1 {
 			t.Errorf("%s delivered %d times", r, seen[r])
+		}
+	}
+}
+
+// /metrics exposes the series the dashboards and alerts need.
+func TestMetricsExposed(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	cfg := smarthostConfig(t, sink)
+	cfg.HTTP.Listen = "127.0.0.1:0"
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "a@client.test", To: []string{"b@example.test"}, Data: testenv.RFC5322("m", testenv.Body(100))}); err != nil {
+		t.Fatal(err)
+	}
+	sink.WaitFor(t, 1, 30*time.Second)
+	testenv.Send(relay.Addr(), testenv.Mail{Local: "127.0.0.1", From: "a@client.test", To: []string{"bad@example.test."}, Data: []byte("x\r\n")}) //nolint:errcheck // refused on purpose
+	var body string
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + relay.App.HTTPAddr().String() + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return strings.Contains(body, `jetrelay_deliveries_total{class="2xx",result="delivered"} 1`)
+	}, "delivery not counted")
+	for _, want := range []string{
+		"jetrelay_smtp_sessions_total", "jetrelay_smtp_sessions_active", `jetrelay_smtp_rejects_total{reason="501_5.1.3"}`,
+		"jetrelay_messages_accepted_total 1", "jetrelay_publish_seconds_bucket", "jetrelay_queue_ready",
+		"jetrelay_queue_scheduled_retries", "jetrelay_queue_in_flight", "jetrelay_delivery_latency_seconds_bucket",
+		"jetrelay_dead_letters_stored", "jetrelay_body_store_bytes", "jetrelay_broker_up 1", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }

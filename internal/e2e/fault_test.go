@@ -1,0 +1,318 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jetrelay/jetrelay/internal/testenv"
+)
+
+// Fault tests: the stages as separate processes of the real binary, killed
+// with SIGKILL (or stopped with SIGTERM) under a bounded load. Each checks
+// the promise to the client: every message that got 250 is delivered;
+// nothing that was refused is; duplicates are counted and must be
+// explained by the kill window (the time between the next hop's 250 and
+// the worker's acknowledgement, or a client that lost the connection after
+// its final dot and sent again).
+
+// stack is a set of jetrelay processes sharing a sink.
+type stack struct {
+	t        *testing.T
+	dir      string
+	sink     *testenv.Sink
+	brokers  []*node
+	ingress  []*node
+	workers  []*node
+	common   string // YAML shared by every process
+	cluster  bool
+	brokerPW string
+}
+
+type node struct {
+	name, cfg, addr string // addr: SMTP address (ingress) or client URL (broker)
+	args            []string
+	proc            *testenv.Proc
+}
+
+func newStack(t *testing.T, brokers int, extra string) *stack {
+	if testing.Short() {
+		t.Skip("multi-process fault test")
+	}
+	s := &stack{t: t, dir: t.TempDir(), sink: testenv.NewSink(t, testenv.SinkOptions{}), cluster: brokers > 1, brokerPW: "fault-test-password"}
+	var urls, routes []string
+	type ports struct{ client, route int }
+	ps := make([]ports, brokers)
+	for i := range ps {
+		ps[i] = ports{testenv.FreePort(t), testenv.FreePort(t)}
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ps[i].client))
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ps[i].route))
+	}
+	replicas := 1
+	if s.cluster {
+		replicas = 3
+	}
+	s.common = fmt.Sprintf(`hostname: relay.test
+http: {listen: "off"}
+log: {level: info}
+broker:
+  url: [%s]
+  user: relay
+  password: %s
+  replicas: %d
+  ack_wait: 15s
+  publish_timeout: 5s
+delivery:
+  smarthost: %q
+  smarthost_tls: none
+  concurrency: 8
+  retry: {schedule: [1s], jitter: 0}
+  destination_backoff: 0s
+  shutdown_grace: 10s
+ingress:
+  shutdown_grace: 10s
+%s`, strings.Join(urls, ", "), s.brokerPW, replicas, s.sink.Addr, extra)
+	for i := range ps {
+		b := &node{name: fmt.Sprintf("broker-%d", i+1), addr: fmt.Sprintf("127.0.0.1:%d", ps[i].client)}
+		yaml := s.common + fmt.Sprintf("data_dir: %s\n", filepath.Join(s.dir, b.name))
+		yaml = strings.Replace(yaml, "broker:\n", fmt.Sprintf("broker:\n  listen: %s\n  server_name: n%d\n", b.addr, i+1), 1)
+		if s.cluster {
+			yaml = strings.Replace(yaml, "broker:\n", fmt.Sprintf("broker:\n  cluster:\n    name: fault\n    listen: 127.0.0.1:%d\n    routes: [%s]\n", ps[i].route, strings.Join(routes, ", ")), 1)
+		}
+		b.cfg = s.writeCfg(b.name, yaml)
+		b.args = []string{"broker", "--config", b.cfg}
+		s.brokers = append(s.brokers, b)
+	}
+	return s
+}
+
+func (s *stack) writeCfg(name, yaml string) string {
+	p := filepath.Join(s.dir, name+".yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	return p
+}
+
+func (s *stack) addIngress(n int) {
+	for i := 0; i < n; i++ {
+		in := &node{name: fmt.Sprintf("ingress-%d", len(s.ingress)+1), addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(s.t))}
+		in.cfg = s.writeCfg(in.name, s.common+fmt.Sprintf("data_dir: %s\n", filepath.Join(s.dir, in.name)))
+		in.args = []string{"ingress", "--config", in.cfg, "--listen", in.addr}
+		s.ingress = append(s.ingress, in)
+	}
+}
+
+func (s *stack) addWorkers(n int) {
+	for i := 0; i < n; i++ {
+		w := &node{name: fmt.Sprintf("delivery-%d", len(s.workers)+1)}
+		w.cfg = s.writeCfg(w.name, s.common+fmt.Sprintf("data_dir: %s\n", filepath.Join(s.dir, w.name)))
+		w.args = []string{"delivery", "--config", w.cfg}
+		s.workers = append(s.workers, w)
+	}
+}
+
+func (s *stack) start(n *node) {
+	n.proc = testenv.StartProc(s.t, n.name, n.args...)
+	if n.addr != "" {
+		testenv.WaitListening(s.t, n.addr, 60*time.Second, n.proc)
+	}
+}
+
+func (s *stack) startAll() {
+	for _, b := range s.brokers {
+		n := b
+		n.proc = testenv.StartProc(s.t, n.name, n.args...)
+	}
+	for _, b := range s.brokers {
+		testenv.WaitListening(s.t, b.addr, 60*time.Second, b.proc)
+	}
+	for _, n := range append(append([]*node{}, s.ingress...), s.workers...) {
+		s.start(n)
+	}
+}
+
+func (s *stack) ingressAddrs() []string {
+	var out []string
+	for _, n := range s.ingress {
+		out = append(out, n.addr)
+	}
+	return out
+}
+
+// check waits for every accepted message and asserts the promises.
+func (s *stack) check(l *testenv.Load, maxDup int) testenv.Verdict {
+	s.t.Helper()
+	v := l.WaitDelivered(s.t, s.sink, 2*time.Minute)
+	// nothing more is on its way: a sentinel sent last arrives after
+	// every retry that was due before it
+	s.t.Logf("result: %s", v.Summary())
+	if len(v.Unexpected) > 0 {
+		s.t.Errorf("delivered although the client was refused: %v", v.Unexpected)
+	}
+	if v.Duplicates > maxDup {
+		s.t.Errorf("%d duplicates, more than the kill windows explain (%d)", v.Duplicates, maxDup)
+	}
+	if v.Accepted == 0 {
+		s.t.Error("no message was accepted at all")
+	}
+	return v
+}
+
+// Kill a delivery worker again and again under load while two others run.
+func TestFaultKillDeliveryWorker(t *testing.T) {
+	s := newStack(t, 1, "")
+	s.addIngress(1)
+	s.addWorkers(3)
+	s.startAll()
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
+	victim := s.workers[0]
+	kills := 0
+	for i := 0; i < 6; i++ {
+		target := int64(300 * (i + 1))
+		testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= target || !stillLoading(l) }, "load stalled")
+		victim.proc.Kill()
+		kills++
+		s.start(victim)
+	}
+	l.Wait()
+	// Each kill can duplicate at most the jobs the victim had in flight.
+	v := s.check(l, kills*8)
+	if v.Accepted != 2000 || len(v.Lost) != 0 {
+		t.Fatalf("%s", v)
+	}
+}
+
+// Kill an ingress repeatedly, mid-DATA and between DATA and the reply;
+// clients retry on the other ingress.
+func TestFaultKillIngress(t *testing.T) {
+	s := newStack(t, 1, "")
+	s.addIngress(2)
+	s.addWorkers(1)
+	s.startAll()
+	// mixed sizes so that kills land inside DATA transfers too
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20,
+		Size: func(i int) int { return []int{1 << 10, 64 << 10, 600 << 10}[i%3] }})
+	for i := 0; i < 5; i++ {
+		target := int64(300 * (i + 1))
+		testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= target || !stillLoading(l) }, "load stalled")
+		victim := s.ingress[i%2]
+		victim.proc.Kill()
+		s.start(victim)
+	}
+	l.Wait()
+	v := s.check(l, 2000)
+	if len(v.Lost) != 0 {
+		t.Fatal(v)
+	}
+	// A duplicate here can only come from a client that lost its
+	// connection after the dot and sent again.
+	if v.Duplicates > v.Unknown {
+		t.Errorf("%d duplicates but only %d messages in doubt at the client", v.Duplicates, v.Unknown)
+	}
+}
+
+// SIGKILL one of three broker nodes under load, then restart it.
+func TestFaultKillBrokerNode(t *testing.T) {
+	s := newStack(t, 3, "")
+	s.addIngress(1)
+	s.addWorkers(2)
+	s.startAll()
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
+	testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= 500 }, "load stalled")
+	victim := s.brokers[1]
+	victim.proc.Kill()
+	testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= 1200 || !stillLoading(l) }, "load stalled without the node")
+	s.start(victim)
+	l.Wait()
+	v := s.check(l, 2*8+20)
+	if v.Accepted != 2000 {
+		t.Fatal(v)
+	}
+}
+
+// SIGKILL everything at once under load, then restart everything.
+func TestFaultKillEverything(t *testing.T) {
+	s := newStack(t, 1, "")
+	s.addIngress(1)
+	s.addWorkers(2)
+	s.startAll()
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
+	testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= 800 }, "load stalled")
+	all := append(append(append([]*node{}, s.brokers...), s.ingress...), s.workers...)
+	for _, n := range all {
+		n.proc.Kill()
+	}
+	s.startAll()
+	l.Wait()
+	v := s.check(l, 2*8+20)
+	if v.Accepted != 2000 {
+		t.Fatal(v)
+	}
+}
+
+// A rolling restart with SIGTERM, one process at a time, under load:
+// nothing lost, nothing duplicated.
+func TestRollingRestart(t *testing.T) {
+	s := newStack(t, 3, "")
+	s.addIngress(2)
+	s.addWorkers(2)
+	s.startAll()
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 10})
+	all := append(append(append([]*node{}, s.brokers...), s.ingress...), s.workers...)
+	for i, n := range all {
+		target := int64(150 * (i + 1))
+		testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= target || !stillLoading(l) }, "load stalled")
+		if err := n.proc.Stop(60 * time.Second); err != nil {
+			t.Errorf("%s exited with %v after SIGTERM", n.name, err)
+		}
+		s.start(n)
+		if n.addr != "" && strings.HasPrefix(n.name, "broker") {
+			testenv.WaitListening(t, n.addr, 60*time.Second, n.proc)
+		}
+	}
+	l.Wait()
+	v := s.check(l, 0)
+	if v.Accepted != 2000 || v.Duplicates != 0 || v.Unknown != 0 {
+		t.Fatalf("rolling restart: %s", v)
+	}
+}
+
+func stillLoading(l *testenv.Load) bool { return !l.Done() }
+
+// /readyz turns false within seconds of the broker dying and true again
+// after it is back; /healthz stays true (the process is alive).
+func TestReadyzFollowsBroker(t *testing.T) {
+	s := newStack(t, 1, "")
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	s.addWorkers(1)
+	w := s.workers[0]
+	w.args = append(w.args, "--set", "http.listen="+httpAddr)
+	s.startAll()
+	get := func(path string) int {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return get("/readyz") == 200 }, "never ready")
+	b := s.brokers[0]
+	b.proc.Kill()
+	start := time.Now()
+	testenv.Eventually(t, 15*time.Second, func() bool { return get("/readyz") == 503 }, "/readyz still 200 with the broker dead")
+	t.Logf("/readyz turned false %s after the broker died", time.Since(start).Round(time.Millisecond))
+	if get("/healthz") != 200 {
+		t.Fatal("/healthz failed while the process is alive")
+	}
+	s.start(b)
+	testenv.Eventually(t, 30*time.Second, func() bool { return get("/readyz") == 200 }, "/readyz not ready after the broker came back")
+	if code := get("/metrics"); code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+}
