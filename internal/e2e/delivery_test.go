@@ -440,3 +440,90 @@ func TestConnectionReuse(t *testing.T) {
 		t.Fatalf("100 messages used %d connections (peak %d), want at most 4", c, p)
 	}
 }
+
+// A smart-host list fails over on a refused connection and on a 4xx
+// greeting; a per-domain route (with its own failover list) wins over the
+// smart host.
+func TestSmarthostFailoverAndRoutes(t *testing.T) {
+	busy := testenv.NewSink(t, testenv.SinkOptions{})
+	busy.Greet(smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "too busy"))
+	good := testenv.NewSink(t, testenv.SinkOptions{})
+	corp := testenv.NewSink(t, testenv.SinkOptions{})
+	down := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg := testenv.TestConfig(t)
+	cfg.Delivery.Smarthost = config.StringList{down, busy.Addr, good.Addr}
+	cfg.Delivery.SmarthostTLS = "none"
+	cfg.Delivery.Routes = map[string]config.Route{
+		"corp.test": {Hosts: config.StringList{down, corp.Addr}, TLS: "none"},
+	}
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	for _, to := range []string{"a@example.test", "b@corp.test"} {
+		if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{to}, Data: testenv.RFC5322(to, testenv.Body(100))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := good.WaitFor(t, 1, 30*time.Second)[0]; m.Rcpts[0] != "a@example.test" {
+		t.Fatalf("smart host got %v", m.Rcpts)
+	}
+	if m := corp.WaitFor(t, 1, 30*time.Second)[0]; m.Rcpts[0] != "b@corp.test" {
+		t.Fatalf("route got %v", m.Rcpts)
+	}
+	if busy.Connections() == 0 {
+		t.Fatal("the 421-greeting host was never tried (failover order)")
+	}
+	if len(busy.Messages())+len(good.Messages())+len(corp.Messages()) != 2 {
+		t.Fatal("a message went to two hosts")
+	}
+}
+
+// A destination that answers 421 is backed off as a whole: the jobs behind
+// it are deferred without a connection each.
+func TestDestinationBackoff(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	sink.Greet(smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "rate limited, slow down"))
+	cfg := smarthostConfig(t, sink)
+	cfg.Delivery.DestinationBackoff = config.Duration(time.Hour)
+	cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Hour)}
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	for i := 0; i < 10; i++ {
+		if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{fmt.Sprintf("u%d@example.test", i)}, Data: testenv.RFC5322("b", testenv.Body(100))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return relay.State().Scheduled == 10 }, "jobs not all deferred")
+	if n := sink.Connections(); n != 1 {
+		t.Fatalf("%d connections to a destination that said 421; want 1, then back-off", n)
+	}
+	backedOff := 0
+	for _, q := range queued(t, relay) {
+		if strings.Contains(q.Job.LastError.Text, "backed off") {
+			backedOff++
+		}
+	}
+	if backedOff != 9 {
+		t.Fatalf("%d jobs deferred by the back-off, want 9", backedOff)
+	}
+}
+
+// A delivery that takes longer than the AckWait is kept alive and is not
+// handed to another worker (no duplicate).
+func TestLongDeliveryKeptAlive(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	sink.OnData(func(*testenv.Message) *smtp.SMTPError {
+		// A slow server: the reply to the final dot takes more than twice
+		// the AckWait. A redelivered job would open a second connection.
+		time.Sleep(12 * time.Second)
+		return nil
+	})
+	cfg := smarthostConfig(t, sink)
+	cfg.Broker.AckWait = config.Duration(5 * time.Second)
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{"x@example.test"}, Data: testenv.RFC5322("slow", testenv.Body(100))}); err != nil {
+		t.Fatal(err)
+	}
+	sink.WaitFor(t, 1, 60*time.Second)
+	relay.WaitQueueEmpty(30 * time.Second)
+	if n, c := len(sink.Messages()), sink.Connections(); n != 1 || c != 1 {
+		t.Fatalf("%d deliveries over %d connections; the job was handed out again", n, c)
+	}
+}

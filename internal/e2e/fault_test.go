@@ -5,10 +5,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/jetrelay/jetrelay/internal/testenv"
 )
 
@@ -163,9 +166,24 @@ func (s *stack) check(l *testenv.Load, maxDup int) testenv.Verdict {
 	return v
 }
 
-// Kill a delivery worker again and again under load while two others run.
+// Kill a delivery worker again and again under load while two others run;
+// every third message is deferred once, so retries are in flight across
+// the kills too.
 func TestFaultKillDeliveryWorker(t *testing.T) {
 	s := newStack(t, 1, "")
+	var mu sync.Mutex
+	deferred := map[string]bool{}
+	s.sink.OnData(func(m *testenv.Message) *smtp.SMTPError {
+		id := testenv.LoadID(m)
+		n, _ := strconv.Atoi(id)
+		mu.Lock()
+		defer mu.Unlock()
+		if n%3 == 0 && !deferred[id] {
+			deferred[id] = true
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again"}
+		}
+		return nil
+	})
 	s.addIngress(1)
 	s.addWorkers(3)
 	s.startAll()

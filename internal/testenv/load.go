@@ -195,12 +195,20 @@ func (v Verdict) String() string {
 		v.Accepted, v.Delivered, len(v.Lost), len(v.Unexpected), v.Duplicates, v.Unknown)
 }
 
+// LoadID is the load token of a message at the sink ("" if none).
+func LoadID(m *Message) string {
+	if sm := loadIDRe.FindSubmatch(m.Data); sm != nil {
+		return string(sm[1])
+	}
+	return ""
+}
+
 // Check matches the outcomes against the sink.
 func (l *Load) Check(sink *Sink) Verdict {
 	counts := map[string]int{}
 	for _, m := range sink.Messages() {
-		if sm := loadIDRe.FindSubmatch(m.Data); sm != nil {
-			counts[string(sm[1])]++
+		if id := LoadID(m); id != "" {
+			counts[id]++
 		}
 	}
 	var v Verdict
