@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -198,7 +200,16 @@ func TestBodyRefs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	back, err := io.ReadAll(iotest.OneByteReader(rc))
 	rc.Close()
+	if err != nil || !bytes.Equal(back, body) {
+		t.Fatalf("body read back: %d bytes, %v", len(back), err)
+	}
+	// The bucket is a standard JetStream object store: nats.go reads it too.
+	obs, _ := c.js.ObjectStore(ctx, contracts.BucketBodies)
+	if got, err := obs.GetBytes(ctx, "Q1"); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("object store Get: %d bytes, %v", len(got), err)
+	}
 	if err := c.ReleaseBody(ctx, "Q1"); err != nil {
 		t.Fatal(err)
 	}
@@ -212,16 +223,6 @@ func TestBodyRefs(t *testing.T) {
 	left, held, err = c.UpdateBodyRefs(ctx, "Q1", []string{"Q1-a"}, nil)
 	if err != nil || left != 0 || held {
 		t.Fatalf("removal after release: %d %v %v", left, held, err)
-	}
-}
-
-func TestHexDigest(t *testing.T) {
-	if _, err := hexDigest("MD5=abc"); err == nil {
-		t.Fatal("accepted a non-SHA-256 digest")
-	}
-	h, err := hexDigest("SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=")
-	if err != nil || h != contracts.Digest(nil) {
-		t.Fatalf("hexDigest = %s %v", h, err)
 	}
 }
 

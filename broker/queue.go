@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"slices"
@@ -116,35 +115,10 @@ func (c *Client) PublishDeadLetter(ctx context.Context, d *contracts.DeadLetter,
 	return nil
 }
 
-// PutBody streams a body into the body bucket under name and returns its
-// size and hex SHA-256. A failed put leaves no chunks behind.
-func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error) {
-	info, err := c.bodies.Put(ctx, jetstream.ObjectMeta{Name: name}, r)
-	if err != nil {
-		return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
-	}
-	digest, err := hexDigest(info.Digest)
-	if err != nil {
-		return 0, "", err
-	}
-	return int64(info.Size), digest, nil
-}
-
-// OpenBody streams a body from the bucket. The reader verifies the SHA-256
-// at the end and fails the last Read when it does not match.
-func (c *Client) OpenBody(ctx context.Context, name string) (io.ReadCloser, error) {
-	r, err := c.bodies.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrBodyNotFound, name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: open body %s: %v", ErrUnavailable, name, err)
-	}
-	return r, nil
-}
-
 // DeleteBody removes a body object; a missing one is not an error.
 func (c *Client) DeleteBody(ctx context.Context, name string) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
 	err := c.bodies.Delete(ctx, name)
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("%w: delete body %s: %v", ErrUnavailable, name, err)
@@ -163,6 +137,8 @@ func (c *Client) BodyBucketSize(ctx context.Context) (uint64, error) {
 
 // CreateBodyRefs records the first holders of a new body object.
 func (c *Client) CreateBodyRefs(ctx context.Context, name string, holders ...string) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
 	val, _ := json.Marshal(holders)
 	_, err := c.refs.Create(ctx, name, val)
 	if errors.Is(err, jetstream.ErrKeyExists) {
@@ -180,6 +156,8 @@ func (c *Client) CreateBodyRefs(ctx context.Context, name string, holders ...str
 // holder in remove was present. When none remain the caller deletes the
 // body with ReleaseBody. A missing key reads as no holders.
 func (c *Client) UpdateBodyRefs(ctx context.Context, name string, remove, add []string) (remaining int, held bool, err error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
 	for try := 0; try < 50; try++ {
 		entry, err := c.refs.Get(ctx, name)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -232,6 +210,8 @@ func (c *Client) UpdateBodyRefs(ctx context.Context, name string, remove, add []
 
 // BodyHolders lists the holders of a body object (nil when none).
 func (c *Client) BodyHolders(ctx context.Context, name string) ([]string, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
 	entry, err := c.refs.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
@@ -258,24 +238,6 @@ func (c *Client) ReleaseBody(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
 	}
 	return nil
-}
-
-// hexDigest turns the object store's "SHA-256=<base64url>" into hex.
-func hexDigest(d string) (string, error) {
-	const prefix = "SHA-256="
-	if len(d) < len(prefix) || d[:len(prefix)] != prefix {
-		return "", fmt.Errorf("unexpected object digest %q", d)
-	}
-	raw, err := decodeB64URL(d[len(prefix):])
-	if err != nil {
-		return "", fmt.Errorf("object digest %q: %w", d, err)
-	}
-	const hexdigits = "0123456789abcdef"
-	out := make([]byte, len(raw)*2)
-	for i, b := range raw {
-		out[2*i], out[2*i+1] = hexdigits[b>>4], hexdigits[b&15]
-	}
-	return string(out), nil
 }
 
 func isNoResponders(err error) bool {

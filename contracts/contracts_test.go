@@ -351,3 +351,28 @@ func FuzzDestToken(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkEncodeJob1KiB(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 1024)
+	j := sampleJob()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := EncodeJob(j, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+}
+
+func BenchmarkDecodeJob1KiB(b *testing.B) {
+	data, _ := EncodeJob(sampleJob(), bytes.Repeat([]byte("x"), 1024))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, _, err := DecodeJob(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+}

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -639,6 +640,50 @@ type dotWriter struct {
 }
 
 func (d *dotWriter) Write(p []byte) (int, error) {
+	// Fast path: whole lines that are clean (CRLF only at their end, no
+	// leading dot) are copied as they are; anything else goes through the
+	// byte-by-byte state machine.
+	i := 0
+	for i < len(p) {
+		if d.lastCR || (d.bol && p[i] == '.') {
+			if err := d.writeSlow(p[i : i+1]); err != nil {
+				return 0, err
+			}
+			i++
+			continue
+		}
+		rest := p[i:]
+		nl := bytes.IndexByte(rest, '\n')
+		if nl < 0 {
+			cr := bytes.IndexByte(rest, '\r')
+			if cr < 0 {
+				if _, err := d.w.Write(rest); err != nil {
+					return 0, err
+				}
+				d.bol = false
+				break
+			}
+			if err := d.writeSlow(rest); err != nil {
+				return 0, err
+			}
+			break
+		}
+		line := rest[:nl+1]
+		if nl >= 1 && line[nl-1] == '\r' && bytes.IndexByte(line[:nl-1], '\r') < 0 {
+			if _, err := d.w.Write(line); err != nil {
+				return 0, err
+			}
+			d.bol, d.lastCR = true, false
+		} else if err := d.writeSlow(line); err != nil {
+			return 0, err
+		}
+		i += len(line)
+	}
+	return len(p), nil
+}
+
+// writeSlow runs the byte-by-byte state machine.
+func (d *dotWriter) writeSlow(p []byte) error {
 	start := 0
 	var err error
 	flush := func(i int) {
@@ -680,10 +725,7 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		}
 	}
 	flush(len(p))
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return err
 }
 
 func (d *dotWriter) finish() error {

@@ -39,17 +39,12 @@ func (l *lineEndings) Read(p []byte) (int, error) {
 	}
 	if !l.normalize {
 		n, err := l.r.Read(p)
-		for i := 0; i < n; i++ {
-			c := p[i]
-			if l.prevCR && c != '\n' {
-				l.err = ErrBareLineEnding
-				return i, l.err
-			}
-			if c == '\n' && !l.prevCR {
-				l.err = ErrBareLineEnding
-				return i, l.err
-			}
-			l.prevCR = c == '\r'
+		if bad := bareLineEnding(p[:n], l.prevCR); bad >= 0 {
+			l.err = ErrBareLineEnding
+			return bad, l.err
+		}
+		if n > 0 {
+			l.prevCR = p[n-1] == '\r'
 		}
 		if err == io.EOF && l.prevCR {
 			l.err = ErrBareLineEnding
@@ -111,6 +106,46 @@ func (l *lineEndings) Read(p []byte) (int, error) {
 		}
 	}
 	return len(out), err
+}
+
+// bareLineEnding returns the offset of the first bare CR or bare LF in b
+// (prevCR: the byte before b was a CR), or -1. A CR as the last byte is
+// not decided yet: the next read tells.
+func bareLineEnding(b []byte, prevCR bool) int {
+	if len(b) == 0 {
+		return -1
+	}
+	if prevCR && b[0] != '\n' {
+		return 0
+	}
+	// every LF must follow a CR
+	for i := 0; ; {
+		k := bytes.IndexByte(b[i:], '\n')
+		if k < 0 {
+			break
+		}
+		k += i
+		if k == 0 && !prevCR || k > 0 && b[k-1] != '\r' {
+			return k
+		}
+		i = k + 1
+	}
+	// every CR must be followed by an LF
+	for i := 0; ; {
+		k := bytes.IndexByte(b[i:], '\r')
+		if k < 0 {
+			break
+		}
+		k += i
+		if k == len(b)-1 {
+			break
+		}
+		if b[k+1] != '\n' {
+			return k
+		}
+		i = k + 1
+	}
+	return -1
 }
 
 // headerFacts is what the ingress needs to know about the header section.

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# bench/compare.sh: Postfix and jetrelay side by side, on loopback only.
+#
+# Installs Postfix from the Debian packages (if missing), configures it as
+# a loopback relay to a bench sink, builds and starts `jetrelay serve`, runs
+# the same cases against both with `jetrelay bench` (RUNS times each,
+# alternating which relay goes first), appends every result as a JSON line
+# to bench/results/<stamp>.jsonl and prints a Markdown table of the medians
+# with jetrelay/Postfix ratios (also written to bench/results/<stamp>.md).
+# Everything it starts is stopped at the end (trap): jetrelay by its PID,
+# Postfix with `postfix stop`; a main.cf/master.cf that was there before is
+# restored. See BENCHMARKS.md.
+#
+# Needs root (apt-get, postfix). Settings (environment):
+#   RUNS=3                  runs of every case and relay (the table shows medians)
+#   CASES="1k 100k 10m rcpt10 mem25m"
+#   CONC=20                 concurrent SMTP sessions of the load client
+#   PER_CONN=1              messages per SMTP session (0: sessions last the run)
+#   N_1K=15000 N_100K=6000 N_10M=200 N_RCPT10=10000   messages per case
+#   SCALE_PCT=100           scale every N (e.g. 10 for a quick smoke run)
+#   TIMEOUT=5m              limit of each bench run
+#   RELAYS="postfix jetrelay"
+#   WORK=/var/tmp/jetrelay-bench   jetrelay binary, config, data and logs
+#   SKIP_INSTALL=0          1: do not apt-get (Postfix must be installed)
+#   POSTFIX_LOG=0           1: Postfix logs to $WORK/postfix.log (costs a little)
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+CASES=${CASES:-"1k 100k 10m rcpt10 mem25m"}
+CONC=${CONC:-20}
+PER_CONN=${PER_CONN:-1}
+N_1K=${N_1K:-15000}
+N_100K=${N_100K:-6000}
+N_10M=${N_10M:-200}
+N_RCPT10=${N_RCPT10:-10000}
+SCALE_PCT=${SCALE_PCT:-100}
+TIMEOUT=${TIMEOUT:-5m}
+RELAYS=${RELAYS:-"postfix jetrelay"}
+WORK=${WORK:-/var/tmp/jetrelay-bench}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+POSTFIX_LOG=${POSTFIX_LOG:-0}
+
+# Loopback only.
+POSTFIX_LISTEN=127.0.0.1:2526
+POSTFIX_SINK=127.0.0.1:2626
+JETRELAY_LISTEN=127.0.0.1:2525
+JETRELAY_SINK=127.0.0.1:2627
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RESULTS=$ROOT/bench/results
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$RESULTS/$STAMP.jsonl
+REPORT=$RESULTS/$STAMP.md
+LOG=$WORK/compare.log
+JR=$WORK/jetrelay
+MARK="# jetrelay bench/compare.sh"
+T0=$(date +%s)
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get, postfix)"
+case $RUNS in ''|*[!0-9]*) die "RUNS must be a number";; esac
+[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || die "RUNS: 1 to 20"
+mkdir -p "$WORK" "$RESULTS"
+: >"$LOG"
+
+port_busy() { ss -Hltn "sport = :${1##*:}" 2>/dev/null | grep -q .; }
+
+# wait_port ADDR SECONDS: until something listens on ADDR (bounded).
+wait_port() {
+	local i
+	for ((i = 0; i < $2 * 10; i++)); do
+		port_busy "$1" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+JPID=""
+start_jetrelay() {
+	log "starting jetrelay serve on $JETRELAY_LISTEN, smarthost $JETRELAY_SINK"
+	"$JR" serve --config "$WORK/jetrelay.yaml" >>"$WORK/jetrelay.log" 2>&1 &
+	JPID=$!
+	wait_port "$JETRELAY_LISTEN" 60 || die "jetrelay does not listen on $JETRELAY_LISTEN (see $WORK/jetrelay.log)"
+	log "jetrelay pid $JPID ($("$JR" version))"
+}
+stop_jetrelay() {
+	local i
+	[ -n "$JPID" ] || return 0
+	if kill -0 "$JPID" 2>/dev/null; then
+		log "stopping jetrelay (pid $JPID)"
+		kill -TERM "$JPID"
+		for ((i = 0; i < 300; i++)); do kill -0 "$JPID" 2>/dev/null || break; sleep 0.1; done
+		kill -0 "$JPID" 2>/dev/null && kill -KILL "$JPID"
+	fi
+	wait "$JPID" 2>/dev/null || true
+	JPID=""
+}
+POSTFIX_STARTED=0
+CREATED_MAIN=0
+cleanup() {
+	local rc=$?
+	set +e
+	stop_jetrelay
+	if [ "$POSTFIX_STARTED" = 1 ]; then
+		log "stopping postfix"
+		postfix stop >>"$LOG" 2>&1
+	fi
+	for f in main.cf master.cf; do
+		if [ -f "/etc/postfix/$f.bench-backup" ]; then
+			mv -f "/etc/postfix/$f.bench-backup" "/etc/postfix/$f"
+			log "restored /etc/postfix/$f"
+		fi
+	done
+	if [ "$CREATED_MAIN" = 1 ]; then
+		rm -f /etc/postfix/main.cf # there was none: Postfix stays unconfigured
+	fi
+	rm -rf "$WORK/data"
+	log "done in $(($(date +%s) - T0))s (exit $rc)"
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+want_postfix=0
+want_jetrelay=0
+for r in $RELAYS; do
+	case $r in
+	postfix) want_postfix=1 ;;
+	jetrelay) want_jetrelay=1 ;;
+	*) die "unknown relay $r" ;;
+	esac
+done
+
+for a in $POSTFIX_LISTEN $POSTFIX_SINK $JETRELAY_LISTEN $JETRELAY_SINK; do
+	port_busy "$a" && die "$a is in use: stop what listens there first"
+done
+
+# ---- build jetrelay -------------------------------------------------------
+log "building jetrelay"
+(cd "$ROOT" && go build -o "$JR" ./cmd/jetrelay) || die "go build failed"
+
+# ---- Postfix ----------------------------------------------------------------
+if [ "$want_postfix" = 1 ]; then
+	if ! command -v postfix >/dev/null || [ ! -x /usr/lib/postfix/sbin/master ]; then
+		[ "$SKIP_INSTALL" = 1 ] && die "postfix is not installed (SKIP_INSTALL=1)"
+		log "installing postfix (apt-get)"
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+		export DEBIAN_FRONTEND=noninteractive
+		timeout 600 apt-get install -y -q --no-install-recommends postfix >>"$LOG" 2>&1 ||
+			{ timeout 300 apt-get update -q >>"$LOG" 2>&1 &&
+				timeout 600 apt-get install -y -q --no-install-recommends postfix >>"$LOG" 2>&1; } ||
+			die "apt-get install postfix failed (see $LOG)"
+	fi
+	if postfix status >/dev/null 2>&1; then
+		die "a Postfix is already running: this script reconfigures Postfix, stop it first (postfix stop)"
+	fi
+	for f in main.cf master.cf; do
+		if [ -f "/etc/postfix/$f" ] && ! grep -qF "$MARK" "/etc/postfix/$f"; then
+			cp -p "/etc/postfix/$f" "/etc/postfix/$f.bench-backup"
+			log "saved /etc/postfix/$f as $f.bench-backup (restored at the end)"
+		fi
+	done
+	[ -f /etc/postfix/main.cf ] || CREATED_MAIN=1
+	[ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
+	# main.cf: defaults, except what a loopback relay to the sink needs.
+	# Postfix writes and fsyncs the queue file before its 250 by default.
+	cat >/etc/postfix/main.cf <<EOF
+$MARK: a loopback relay to the bench sink; defaults otherwise.
+compatibility_level = 3.6
+myhostname = postfix.bench.localdomain
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [${POSTFIX_SINK%:*}]:${POSTFIX_SINK##*:}
+# The default (10240000) is below the 10 MiB and 25 MiB cases.
+message_size_limit = 52428800
+EOF
+	if [ "$POSTFIX_LOG" = 1 ]; then
+		echo "maillog_file = $WORK/postfix.log" >>/etc/postfix/main.cf
+	fi
+	# master.cf: smtpd on 127.0.0.1:2526 instead of port 25.
+	postconf -M# smtp/inet >>"$LOG" 2>&1 || true
+	postconf -M "$POSTFIX_LISTEN/inet=$POSTFIX_LISTEN inet n - y - - smtpd"
+	grep -qF "$MARK" /etc/postfix/master.cf || printf '%s: smtpd on %s\n' "$MARK" "$POSTFIX_LISTEN" >>/etc/postfix/master.cf
+	# Debian runs the daemons chrooted: copy resolv.conf, hosts... into it.
+	[ -x /usr/lib/postfix/configure-instance.sh ] && /usr/lib/postfix/configure-instance.sh - >>"$LOG" 2>&1
+	postfix check >>"$LOG" 2>&1 || die "postfix check failed (see $LOG)"
+	log "starting postfix on $POSTFIX_LISTEN, relayhost $POSTFIX_SINK"
+	postfix start >>"$LOG" 2>&1 || die "postfix start failed (see $LOG)"
+	POSTFIX_STARTED=1
+	wait_port "$POSTFIX_LISTEN" 30 || die "postfix does not listen on $POSTFIX_LISTEN"
+	for ((i = 0; i < 100; i++)); do [ -s /var/spool/postfix/pid/master.pid ] && break; sleep 0.1; done
+	PF_PID=$(tr -d ' \n' </var/spool/postfix/pid/master.pid)
+	[ -n "$PF_PID" ] || die "no Postfix master pid"
+	log "postfix master pid $PF_PID ($(postconf -h mail_version))"
+fi
+
+# ---- jetrelay ---------------------------------------------------------------
+if [ "$want_jetrelay" = 1 ]; then
+	rm -rf "$WORK/data"
+	cat >"$WORK/jetrelay.yaml" <<EOF
+# written by bench/compare.sh
+hostname: jetrelay.bench.localdomain
+data_dir: $WORK/data
+broker:
+  sync_interval: always
+ingress:
+  listen: ["$JETRELAY_LISTEN"]
+delivery:
+  smarthost: "$JETRELAY_SINK"
+  smarthost_tls: none
+http:
+  listen: "off"
+log:
+  level: warn
+  format: console
+EOF
+	start_jetrelay
+fi
+
+# ---- cases ------------------------------------------------------------------
+scale() { local n=$(($1 * SCALE_PCT / 100)); [ "$n" -ge 1 ] && echo "$n" || echo 1; }
+
+# case_args NAME: the bench flags of a case.
+case_args() {
+	case $1 in
+	1k) echo "--count $(scale "$N_1K") --size 1KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	100k) echo "--count $(scale "$N_100K") --size 100KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	10m) echo "--count $(scale "$N_10M") --size 10MiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	rcpt10) echo "--count $(scale "$N_RCPT10") --size 1KiB --rcpts 10 --domains 2 --concurrency $CONC --per-conn $PER_CONN" ;;
+	# One message just under the 25 MiB limit (26214400 bytes, which
+	# jetrelay's ingress.max_message_bytes counts with its Received header).
+	mem25m) echo "--count 1 --size 26213376 --rcpts 1 --concurrency 1 --per-conn 1" ;;
+	*) return 1 ;;
+	esac
+}
+for c in $CASES; do case_args "$c" >/dev/null || die "unknown case $c"; done
+
+FAILED=0
+run_one() { # relay case run
+	local relay=$1 cas=$2 target sink pid args rc=0
+	if [ "$relay" = postfix ]; then
+		target=$POSTFIX_LISTEN sink=$POSTFIX_SINK pid=$PF_PID
+	else
+		target=$JETRELAY_LISTEN sink=$JETRELAY_SINK pid=$JPID
+	fi
+	args=$(case_args "$cas")
+	# shellcheck disable=SC2086
+	"$JR" bench --target "$target" --sink "$sink" --label "$relay" --case "$cas" $args \
+		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json --append "$OUT" \
+		>"$WORK/last.json" 2>>"$LOG" || rc=$?
+	if [ -s "$WORK/last.json" ] && command -v jq >/dev/null; then
+		log "$(jq -r '"\(.label) \(.case) run '"$3"': ok=\(.ok) accepted \(.accepted_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s p50 \(.latency_ms.p50)ms cpu \(.process.cpu_seconds)s rss \(.process.rss_peak_mib|floor)MiB \(.error // "")"' "$WORK/last.json")"
+	else
+		log "$relay $cas run $3: exit $rc"
+	fi
+	[ "$rc" = 0 ] || FAILED=$((FAILED + 1))
+	sleep 2 # let the relay settle (bounded)
+}
+
+log "results: $OUT"
+for ((run = 1; run <= RUNS; run++)); do
+	for cas in $CASES; do
+		order=$RELAYS
+		# Alternate who goes first, so that neither always runs on a
+		# freshly idle machine.
+		if [ $((run % 2)) = 0 ]; then order=$(echo "$RELAYS" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}'); fi
+		for relay in $order; do
+			if [ "$relay" = jetrelay ] && [ "$cas" = mem25m ]; then
+				# A fresh process on an empty store, so that the growth
+				# is that of one 25 MiB message, not what the earlier
+				# cases left in the Go heap or the store.
+				stop_jetrelay
+				rm -rf "$WORK/data"
+				start_jetrelay
+				sleep 2
+			fi
+			run_one "$relay" "$cas" "$run"
+		done
+	done
+done
+
+{
+	echo "jetrelay bench/compare.sh, $STAMP: $(nproc) CPUs, RUNS=$RUNS CONC=$CONC PER_CONN=$PER_CONN SCALE_PCT=$SCALE_PCT, medians"
+	echo
+	"$JR" bench report --baseline postfix "$OUT"
+} | tee "$REPORT"
+log "report: $REPORT"
+[ "$FAILED" = 0 ] || die "$FAILED bench runs failed (see $OUT and $LOG)"

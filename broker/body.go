@@ -1,0 +1,229 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+)
+
+// Bodies above the inline limit live in the body bucket, in the JetStream
+// Object Store's own format (so the nats CLI can read them), but written
+// and read here with one chunk in flight at a time: nats.go's Put keeps
+// every chunk of every upload in flight, and its Get pushes chunks through
+// an ordered consumer that times out when the reader is slow (an SMTP
+// destination that takes its time). Memory per upload or download is one
+// chunk, whatever the message size.
+
+// chunkSize is the largest chunk that fits max_payload with its headers.
+func (c *Client) chunkSize() int {
+	n := int(c.nc.MaxPayload()) - 4096
+	if n > 1<<20 {
+		n = 1 << 20
+	}
+	if n < 64<<10 {
+		n = 64 << 10
+	}
+	return n
+}
+
+func chunkSubject(nuid string) string { return "$O." + contracts.BucketBodies + ".C." + nuid }
+
+func metaSubject(name string) string {
+	return "$O." + contracts.BucketBodies + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+}
+
+const bodyStream = "OBJ_" + contracts.BucketBodies
+
+// PutBody streams a body into the body bucket under name and returns its
+// size and hex SHA-256. A failed put leaves no chunks behind.
+func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error) {
+	id := nuid.Next()
+	subj := chunkSubject(id)
+	size := c.chunkSize()
+	buf := make([]byte, size)
+	h := sha256.New()
+	var total int64
+	var chunks uint32
+	purge := func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.set.PublishTimeout)
+		defer cancel()
+		if st, err := c.js.Stream(pctx, bodyStream); err == nil {
+			_ = st.Purge(pctx, jetstream.WithPurgeSubject(subj))
+		}
+	}
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			pctx, cancel := c.withTimeout(ctx)
+			_, err := c.js.Publish(pctx, subj, buf[:n], jetstream.WithExpectStream(bodyStream))
+			cancel()
+			if err != nil {
+				purge()
+				return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
+			}
+			total += int64(n)
+			chunks++
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			purge()
+			return 0, "", rerr
+		}
+	}
+	sum := h.Sum(nil)
+	info := jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(size)}},
+		Bucket:     contracts.BucketBodies,
+		NUID:       id,
+		Size:       uint64(total),
+		ModTime:    time.Now().UTC(),
+		Chunks:     chunks,
+		Digest:     "SHA-256=" + base64.URLEncoding.EncodeToString(sum),
+	}
+	data, _ := json.Marshal(info)
+	m := nats.NewMsg(metaSubject(name))
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Data = data
+	pctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	if _, err := c.js.PublishMsg(pctx, m, jetstream.WithExpectStream(bodyStream)); err != nil {
+		purge()
+		return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
+	}
+	return total, hex.EncodeToString(sum), nil
+}
+
+// OpenBody streams a body from the bucket. Chunks are fetched one at a
+// time as the reader asks for them; the final Read fails with
+// ErrBodyCorrupt when the size or SHA-256 does not match.
+func (c *Client) OpenBody(ctx context.Context, name string) (io.ReadCloser, error) {
+	ictx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	info, err := c.bodies.GetInfo(ictx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrBodyNotFound, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: open body %s: %v", ErrUnavailable, name, err)
+	}
+	want, err := decodeB64URL(trimDigest(info.Digest))
+	if err != nil {
+		return nil, fmt.Errorf("body %s: bad digest %q", name, info.Digest)
+	}
+	return &bodyReader{c: c, ctx: ctx, name: name, subj: chunkSubject(info.NUID), size: int64(info.Size),
+		chunks: info.Chunks, want: want, h: sha256.New(), next: 1}, nil
+}
+
+// ErrBodyCorrupt means a stored body does not match its size or digest.
+var ErrBodyCorrupt = errors.New("body object corrupt")
+
+type bodyReader struct {
+	c      *Client
+	ctx    context.Context
+	name   string
+	subj   string
+	size   int64
+	chunks uint32
+	want   []byte
+	h      hash.Hash
+
+	next  uint64 // stream sequence to look from
+	got   uint32 // chunks read
+	read  int64  // bytes read
+	cur   []byte
+	err   error
+	inbox string
+	sub   *nats.Subscription
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	for len(b.cur) == 0 {
+		if b.err != nil {
+			return 0, b.err
+		}
+		if b.got == b.chunks {
+			b.err = io.EOF
+			if b.read != b.size || !bytes.Equal(b.h.Sum(nil), b.want) {
+				b.err = fmt.Errorf("%w: %s", ErrBodyCorrupt, b.name)
+			}
+			continue
+		}
+		if err := b.fetch(); err != nil {
+			b.err = err
+		}
+	}
+	n := copy(p, b.cur)
+	b.cur = b.cur[n:]
+	return n, nil
+}
+
+// fetch reads the next chunk with a direct get.
+func (b *bodyReader) fetch() error {
+	if b.sub == nil {
+		b.inbox = b.c.nc.NewInbox()
+		sub, err := b.c.nc.SubscribeSync(b.inbox)
+		if err != nil {
+			return fmt.Errorf("%w: read body %s: %v", ErrUnavailable, b.name, err)
+		}
+		b.sub = sub
+	}
+	req, _ := json.Marshal(map[string]any{"seq": b.next, "next_by_subj": b.subj})
+	if err := b.c.nc.PublishRequest("$JS.API.DIRECT.GET."+bodyStream, b.inbox, req); err != nil {
+		return fmt.Errorf("%w: read body %s: %v", ErrUnavailable, b.name, err)
+	}
+	wait := b.c.set.PublishTimeout
+	if dl, ok := b.ctx.Deadline(); ok && time.Until(dl) < wait {
+		wait = time.Until(dl)
+	}
+	m, err := b.sub.NextMsg(wait)
+	if err != nil {
+		return fmt.Errorf("%w: read body %s: %v", ErrUnavailable, b.name, err)
+	}
+	switch m.Header.Get("Status") {
+	case "":
+	case "404":
+		return fmt.Errorf("%w: %s has %d of %d chunks", ErrBodyNotFound, b.name, b.got, b.chunks)
+	default:
+		return fmt.Errorf("%w: read body %s: status %s %s", ErrUnavailable, b.name, m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+	seq, _ := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+	b.next = seq + 1
+	b.got++
+	b.read += int64(len(m.Data))
+	b.h.Write(m.Data)
+	b.cur = m.Data
+	return nil
+}
+
+func (b *bodyReader) Close() error {
+	if b.sub != nil {
+		_ = b.sub.Unsubscribe()
+		b.sub = nil
+	}
+	return nil
+}
+
+func trimDigest(d string) string {
+	const prefix = "SHA-256="
+	if len(d) > len(prefix) && d[:len(prefix)] == prefix {
+		return d[len(prefix):]
+	}
+	return d
+}

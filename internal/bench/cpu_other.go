@@ -1,0 +1,7 @@
+//go:build !unix
+
+package bench
+
+// selfCPU is not measured on this platform (the process-tree sampling of
+// the relay under test reads /proc and is Linux-only as well).
+func selfCPU() float64 { return 0 }
