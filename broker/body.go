@@ -12,6 +12,7 @@ import (
 	"hash"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -48,13 +49,22 @@ func metaSubject(name string) string {
 
 const bodyStream = "OBJ_" + contracts.BucketBodies
 
+// chunkPool recycles upload buffers: a large message costs one chunk of
+// memory while it is stored, not a fresh megabyte per upload.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0); return &b }}
+
 // PutBody streams a body into the body bucket under name and returns its
 // size and hex SHA-256. A failed put leaves no chunks behind.
 func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error) {
 	id := nuid.Next()
 	subj := chunkSubject(id)
 	size := c.chunkSize()
-	buf := make([]byte, size)
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	if cap(*bp) < size {
+		*bp = make([]byte, size)
+	}
+	buf := (*bp)[:size]
 	h := sha256.New()
 	var total int64
 	var chunks uint32

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -374,4 +375,65 @@ func FuzzCheckAddress(f *testing.F) {
 			t.Fatalf("checkAddress not idempotent: %q -> %q -> %q, %v", in, out, again, err)
 		}
 	})
+}
+
+// TestLiftDataLimit pins the go-smtp internals liftDataLimit relies on: a
+// DATA of exactly MaxMessageBytes must be accepted, one byte more refused.
+func TestLiftDataLimit(t *testing.T) {
+	const max = 4096
+	var got []int
+	be := smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &limitSession{max: max, got: &got}, nil })
+	srv := smtp.NewServer(be)
+	srv.MaxMessageBytes = max
+	srv.AllowInsecureAuth = true
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+	for _, size := range []int{max - 1, max, max + 1} {
+		c, err := smtp.Dial(l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Mail("a@b.test", nil)
+		_ = c.Rcpt("c@d.test", nil)
+		w, _ := c.Data()
+		body := bytes.Repeat([]byte("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"), size/40+1)[:size]
+		body[size-2], body[size-1] = '\r', '\n'
+		if body[size-3] == '\r' {
+			body[size-3] = 'x'
+		}
+		w.Write(body)
+		err = w.Close()
+		c.Close()
+		if (err == nil) != (size <= max) {
+			t.Errorf("DATA of %d bytes with a limit of %d: %v", size, max, err)
+		}
+	}
+	if len(got) != 2 || got[0] != max-1 || got[1] != max {
+		t.Fatalf("sizes accepted: %v", got)
+	}
+}
+
+type limitSession struct {
+	max int64
+	got *[]int
+}
+
+func (s *limitSession) Reset()                               {}
+func (s *limitSession) Logout() error                        { return nil }
+func (s *limitSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *limitSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *limitSession) Data(r io.Reader) error {
+	if !liftDataLimit(r) {
+		return errors.New("liftDataLimit failed: go-smtp's dataReader changed")
+	}
+	b, err := io.ReadAll(&sizeLimit{r: r, max: s.max})
+	if err != nil {
+		return reply(err)
+	}
+	*s.got = append(*s.got, len(b))
+	return nil
 }

@@ -234,6 +234,9 @@ type DeadLetter struct {
 // HTTP serves /metrics, /healthz and /readyz.
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	// Pprof also serves Go's profiler under /debug/pprof/ (keep the
+	// listener on loopback when you turn it on).
+	Pprof bool `yaml:"pprof"`
 }
 
 // Log configures logging.

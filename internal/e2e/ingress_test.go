@@ -610,3 +610,42 @@ func (r *rawOver) expect(code int, line string) {
 		r.t.Fatalf("%s: %d, want %d", line, got, code)
 	}
 }
+
+// SIZE as advertised is exactly the limit enforced, in MAIL FROM SIZE=,
+// DATA and BDAT alike.
+func TestSizeLimitBoundary(t *testing.T) {
+	f := newFrontDoor(t, nil) // max_message_bytes 65536
+	const max = 64 << 10
+	msg := func(n int) []byte {
+		b := testenv.RFC5322("size", nil)
+		return append(b, testenv.Body(n-len(b))...)
+	}
+	c, _ := testenv.DialRaw(t, f.addr(), "")
+	if ehlo := strings.Join(c.Expect(250, "EHLO c").Lines, "\n"); !strings.Contains(ehlo, fmt.Sprintf("SIZE %d", max)) {
+		t.Fatalf("EHLO: %s", ehlo)
+	}
+	c.Expect(552, "MAIL FROM:<a@client.test> SIZE=%d", max+1)
+	for _, n := range []int{max, max + 1} {
+		want := 250
+		if n > max {
+			want = 552
+		}
+		// DATA
+		c.Expect(250, "MAIL FROM:<a@client.test> SIZE=%d", min(n, max))
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Expect(354, "DATA")
+		c.Write(msg(n))
+		if r := c.Cmd("."); r.Code != want {
+			t.Fatalf("DATA of %d bytes: %s, want %d", n, r, want)
+		}
+		// BDAT
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n", n)))
+		c.Write(msg(n))
+		if r := c.Read(); r.Code != want {
+			t.Fatalf("BDAT of %d bytes: %s, want %d", n, r, want)
+		}
+	}
+	f.sink.WaitFor(t, 2, 30*time.Second)
+}
