@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -74,22 +75,16 @@ func (s QueueState) Empty() bool { return s.Ready+s.InFlight+s.Scheduled == 0 }
 // not one per message).
 func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 	var st QueueState
-	qs, err := c.queue.Info(ctx)
+	ci, err := c.consumerInfo(ctx, contracts.ConsumerDelivery)
 	if err != nil {
-		return st, fmt.Errorf("%w: queue info: %v", ErrUnavailable, err)
-	}
-	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, contracts.ConsumerDelivery)
-	if err != nil {
-		return st, fmt.Errorf("%w: consumer: %v", ErrUnavailable, err)
-	}
-	ci, err := cons.Info(ctx)
-	if err != nil {
-		return st, fmt.Errorf("%w: consumer info: %v", ErrUnavailable, err)
+		return st, err
 	}
 	st.Ready, st.InFlight = ci.NumPending, uint64(ci.NumAckPending)
-	if total := qs.State.Msgs; total > st.Ready+st.InFlight {
-		st.Scheduled = total - st.Ready - st.InFlight
+	si, err := c.consumerInfo(ctx, contracts.ConsumerScheduled)
+	if err != nil {
+		return st, err
 	}
+	st.Scheduled = si.NumPending
 	ds, err := c.dlq.Info(ctx)
 	if err != nil {
 		return st, fmt.Errorf("%w: dead-letter info: %v", ErrUnavailable, err)
@@ -99,4 +94,39 @@ func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 		st.BodyBytes = n
 	}
 	return st, nil
+}
+
+func (c *Client) consumerInfo(ctx context.Context, name string) (*jetstream.ConsumerInfo, error) {
+	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, name, err)
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, name, err)
+	}
+	return ci, nil
+}
+
+// AckFloor is the stream sequence up to which every job has been
+// acknowledged.
+func (c *Client) AckFloor(ctx context.Context) (uint64, error) {
+	ci, err := c.consumerInfo(ctx, contracts.ConsumerDelivery)
+	if err != nil {
+		return 0, err
+	}
+	return ci.AckFloor.Stream, nil
+}
+
+// PurgeDelivered removes the acknowledged jobs below the ack floor in one
+// operation and returns the floor. Safe from any number of processes.
+func (c *Client) PurgeDelivered(ctx context.Context, last uint64) (uint64, error) {
+	floor, err := c.AckFloor(ctx)
+	if err != nil || floor <= last {
+		return floor, err
+	}
+	if err := c.queue.Purge(ctx, jetstream.WithPurgeSubject(contracts.SubjectJobsAll), jetstream.WithPurgeSequence(floor+1)); err != nil {
+		return last, fmt.Errorf("%w: purge delivered jobs: %v", ErrUnavailable, err)
+	}
+	return floor, nil
 }

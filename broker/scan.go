@@ -25,9 +25,9 @@ type StoredMsg struct {
 const scanBatch = 256
 
 // scan reads the messages of a stream whose subject matches filter, in
-// sequence order starting at from, without a consumer (a WorkQueue stream
-// allows no second one) and without holding them all in memory: batched
-// direct gets of scanBatch messages. fn returns false to stop.
+// sequence order starting at from, without a consumer and without holding
+// them all in memory: batched direct gets of scanBatch messages. fn returns
+// false to stop.
 func (c *Client) scan(ctx context.Context, stream, filter string, from uint64, fn func(*StoredMsg) bool) error {
 	if from == 0 {
 		from = 1
@@ -96,9 +96,18 @@ type QueuedJob struct {
 }
 
 // ScanQueue calls fn for every job in the live queue (ready, in flight and
-// scheduled) from stream sequence `from` on, in sequence order.
+// scheduled) from stream sequence `from` on, in sequence order. Jobs below
+// the ack floor are delivered and waiting to be purged: they are skipped.
+// (A job delivered in the last moments above the floor may still show.)
 func (c *Client) ScanQueue(ctx context.Context, from uint64, fn func(*QueuedJob) bool) error {
+	floor, err := c.AckFloor(ctx)
+	if err != nil {
+		return err
+	}
 	return c.scan(ctx, contracts.StreamQueue, contracts.SubjectQueuePrefix+">", from, func(m *StoredMsg) bool {
+		if m.Seq <= floor && strings.HasPrefix(m.Subject, contracts.SubjectJobPrefix) {
+			return true
+		}
 		qj := &QueuedJob{Seq: m.Seq, Subject: m.Subject, Stored: m.Time}
 		if strings.HasPrefix(m.Subject, contracts.SubjectSchedulePrefix) {
 			qj.Scheduled = true

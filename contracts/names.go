@@ -6,8 +6,8 @@ import (
 
 // Streams, buckets and consumers that make up the pipeline on the broker.
 const (
-	// StreamQueue is the live queue: a WorkQueue stream holding jobs that are
-	// ready for delivery and scheduled retries. An acknowledged job is gone.
+	// StreamQueue is the live queue: jobs that are ready for delivery and
+	// scheduled retries (delivered jobs are purged shortly after).
 	StreamQueue = "MAILQ"
 	// StreamDeadLetter holds one record per dead job (Limits retention,
 	// MaxAge = deadletter.retention).
@@ -21,6 +21,9 @@ const (
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"
+	// ConsumerScheduled is never read: its pending count is the number of
+	// scheduled retries.
+	ConsumerScheduled = "scheduled"
 )
 
 // Subject layout. Every subject of the queue stream starts with

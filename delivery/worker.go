@@ -61,6 +61,17 @@ type Worker struct {
 
 	mu       sync.Mutex
 	inflight map[*broker.Msg]*flight
+	acked    []ackedJob // acknowledged jobs not yet known to be purged
+}
+
+// ackedJob is a job this worker acknowledged. The queue keeps delivered
+// jobs until the shared ack floor passes them (PurgeDelivered); when an
+// older job holds the floor up, the worker purges its own ones by subject
+// after a short while, so that `queue list` never shows them for long.
+type ackedJob struct {
+	seq     uint64
+	subject string
+	at      time.Time
 }
 
 type flight struct {
@@ -153,18 +164,22 @@ func (w *Worker) Run(ctx context.Context) error {
 // housekeeping keeps long attempts alive (InProgress) and closes idle
 // connections.
 func (w *Worker) housekeeping(ctx context.Context) {
-	tick := w.opts.AckWait / 8
+	// Often enough to purge delivered jobs promptly and to keep the
+	// longest attempts alive (progress every AckWait/4).
+	tick := min(w.opts.AckWait/8, 500*time.Millisecond)
 	if tick < 100*time.Millisecond {
 		tick = 100 * time.Millisecond
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastSweep := time.Now()
+	var floor uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			floor = w.purgeDelivered(ctx, floor, now)
 			w.mu.Lock()
 			var due []*broker.Msg
 			for m, f := range w.inflight {
@@ -183,6 +198,42 @@ func (w *Worker) housekeeping(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// purgeDelivered removes delivered jobs from the queue: all of them below
+// the ack floor at once, and this worker's own ones above it one by one
+// once they are older than purgeAfter.
+func (w *Worker) purgeDelivered(ctx context.Context, last uint64, now time.Time) uint64 {
+	const purgeAfter = 2 * time.Second
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	floor, err := w.b.PurgeDelivered(pctx, last)
+	if err != nil {
+		return last
+	}
+	w.mu.Lock()
+	var late []ackedJob
+	keep := w.acked[:0]
+	for _, a := range w.acked {
+		switch {
+		case a.seq <= floor:
+		case now.Sub(a.at) >= purgeAfter:
+			late = append(late, a)
+		default:
+			keep = append(keep, a)
+		}
+	}
+	w.acked = keep
+	w.mu.Unlock()
+	for _, a := range late {
+		if err := w.b.PurgeQueueSubject(pctx, a.subject); err != nil {
+			w.mu.Lock()
+			w.acked = append(w.acked, a) // try again next time
+			w.mu.Unlock()
+			break
+		}
+	}
+	return floor
 }
 
 func (w *Worker) track(m *broker.Msg) func() {
@@ -578,6 +629,9 @@ func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
 			if try > 1 {
 				log.Info().Int("tries", try).Msg("ack went through after retrying")
 			}
+			w.mu.Lock()
+			w.acked = append(w.acked, ackedJob{seq: m.StreamSeq(), subject: m.Subject(), at: time.Now()})
+			w.mu.Unlock()
 			return
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
