@@ -75,3 +75,41 @@ log:
 }
 
 var osStat = os.Stat
+
+// The stages work against the official nats-server (JetStream, user and
+// password), not only against jetrelay's embedded one.
+func TestOfficialNatsServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs nats-server and jetrelay")
+	}
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	port := testenv.FreePort(t)
+	ns := testenv.StartExternal(t, "nats-server", testenv.NatsServer(t), "-js", "-sd", t.TempDir(),
+		"-a", "127.0.0.1", "-p", fmt.Sprint(port), "--user", "relay", "--pass", "s3cret-nats")
+	testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second, ns)
+	smtpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cfg := testenv.WriteConfig(t, fmt.Sprintf(`
+hostname: relay.test
+data_dir: %s
+broker:
+  url: nats://127.0.0.1:%d
+  user: relay
+  password: s3cret-nats
+ingress:
+  listen: [%q]
+delivery:
+  smarthost: %q
+  smarthost_tls: none
+http: {listen: "off"}
+`, t.TempDir(), port, smtpAddr, sink.Addr))
+	ing := testenv.StartProc(t, "ingress", "ingress", "--config", cfg)
+	testenv.StartProc(t, "delivery", "delivery", "--config", cfg)
+	testenv.WaitListening(t, smtpAddr, 60*time.Second, ing)
+	res, err := testenv.Send(smtpAddr, testenv.Mail{From: "app@client.test", To: []string{"ops@example.test"}, Data: testenv.RFC5322("official", testenv.Body(300<<10))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := sink.WaitFor(t, 1, 60*time.Second)[0]; m.QueueID() != res.QueueID {
+		t.Fatalf("got %s, want %s", m.QueueID(), res.QueueID)
+	}
+}

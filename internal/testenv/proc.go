@@ -102,24 +102,7 @@ func (l lockedBuf) Write(p []byte) (int, error) {
 // the test fails; it is killed when the test ends.
 func StartProc(t testing.TB, name string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{t: t, Name: name, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
-	p.Cmd = exec.Command(Binary(t), args...)
-	w := lockedBuf{mu: p.mu, buf: p.log}
-	p.Cmd.Stdout, p.Cmd.Stderr = w, w
-	if err := p.Cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.Cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.Kill()
-		if t.Failed() {
-			t.Logf("---- output of %s (pid %d) ----\n%s", name, p.Cmd.Process.Pid, p.Output())
-		}
-	})
-	return p
+	return StartExternal(t, name, Binary(t), args...)
 }
 
 // Output is what the process wrote so far.
@@ -187,5 +170,53 @@ func WriteConfig(t testing.TB, yaml string) string {
 	if err := os.WriteFile(p, []byte(strings.TrimLeft(yaml, "\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+var (
+	natsOnce sync.Once
+	natsPath string
+	natsErr  error
+)
+
+// NatsServer builds the official nats-server binary (the module jetrelay
+// embeds) once per test process and returns its path.
+func NatsServer(t testing.TB) string {
+	t.Helper()
+	Binary(t) // shares the temporary directory
+	natsOnce.Do(func() {
+		natsPath = filepath.Join(buildDir, "nats-server")
+		cmd := exec.Command("go", "build", "-o", natsPath, "github.com/nats-io/nats-server/v2")
+		cmd.Dir = moduleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			natsErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		}
+	})
+	if natsErr != nil {
+		t.Fatal(natsErr)
+	}
+	return natsPath
+}
+
+// StartExternal runs another binary (not jetrelay) like StartProc.
+func StartExternal(t testing.TB, name, path string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, Name: name, log: &bytes.Buffer{}, mu: &sync.Mutex{}, done: make(chan struct{})}
+	p.Cmd = exec.Command(path, args...)
+	w := lockedBuf{mu: p.mu, buf: p.log}
+	p.Cmd.Stdout, p.Cmd.Stderr = w, w
+	if err := p.Cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = p.Cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("---- output of %s (pid %d) ----\n%s", name, p.Cmd.Process.Pid, p.Output())
+		}
+	})
 	return p
 }
