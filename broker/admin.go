@@ -13,10 +13,13 @@ import (
 // Operations for the operator tools (queue and dead-letter commands) and
 // for the dead-letter sweeper.
 
-// DeleteQueueMsg removes one message from the live queue by sequence; a
+// DeleteQueueMsg removes one message from a queue shard by sequence; a
 // message already gone is not an error.
-func (c *Client) DeleteQueueMsg(ctx context.Context, seq uint64) error {
-	return deleteMsg(ctx, c.queue, seq)
+func (c *Client) DeleteQueueMsg(ctx context.Context, shard int, seq uint64) error {
+	if shard < 0 || shard >= len(c.queues) {
+		return fmt.Errorf("no queue shard %d", shard)
+	}
+	return deleteMsg(ctx, c.queues[shard], seq)
 }
 
 // DeleteDeadLetterMsg removes one dead letter by sequence; one already
@@ -34,9 +37,13 @@ func deleteMsg(ctx context.Context, s jetstream.Stream, seq uint64) error {
 }
 
 // PurgeQueueSubject removes every message on one queue subject (cancels a
-// scheduled retry).
+// scheduled retry, removes a delivered job).
 func (c *Client) PurgeQueueSubject(ctx context.Context, subject string) error {
-	if err := c.queue.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+	qs, ok := contracts.ParseQueueSubject(subject)
+	if !ok || qs.Shard >= len(c.queues) {
+		return fmt.Errorf("not a queue subject: %q", subject)
+	}
+	if err := c.queues[qs.Shard].Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
 		return fmt.Errorf("%w: purge %s: %v", ErrUnavailable, subject, err)
 	}
 	return nil

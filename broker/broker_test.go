@@ -133,7 +133,7 @@ func provisioned(t *testing.T) *Client {
 	t.Helper()
 	e := startTest(t, t.TempDir())
 	c := connectTest(t, e)
-	if err := c.Provision(context.Background(), Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second}); err != nil {
+	if err := c.Provision(context.Background(), Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 3}); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -247,11 +247,13 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 	seen := map[string]bool{}
 	sched := 0
 	var last uint64
+	shards := map[int]int{}
 	err := c.ScanQueue(ctx, 0, func(q *QueuedJob) bool {
-		if q.Err != nil || q.Seq <= last {
-			t.Fatalf("scan: %v, seq %d after %d", q.Err, q.Seq, last)
+		if q.Err != nil || q.Cursor <= last {
+			t.Fatalf("scan: %v, cursor %d after %d", q.Err, q.Cursor, last)
 		}
-		last = q.Seq
+		last = q.Cursor
+		shards[q.Shard]++
 		seen[q.Job.QueueID] = true
 		if q.Scheduled {
 			sched++
@@ -261,17 +263,22 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 		}
 		return true
 	})
-	if err != nil || len(seen) != 600 || sched != 200 {
-		t.Fatalf("scan: %v, %d jobs, %d scheduled", err, len(seen), sched)
+	if err != nil || len(seen) != 600 || sched != 200 || len(shards) != 3 {
+		t.Fatalf("scan: %v, %d jobs, %d scheduled, shards %v", err, len(seen), sched, shards)
 	}
-	// Stopping early and resuming from a sequence (paging).
-	n := 0
-	var stopAt uint64
-	_ = c.ScanQueue(ctx, 0, func(q *QueuedJob) bool { n++; stopAt = q.Seq; return n < 10 })
-	m := 0
-	_ = c.ScanQueue(ctx, stopAt+1, func(q *QueuedJob) bool { m++; return true })
-	if n != 10 || m != 590 {
-		t.Fatalf("paging: %d then %d", n, m)
+	if st, _ := c.QueueState(ctx); st.Ready != 400 || st.Scheduled != 200 {
+		t.Fatalf("state %+v", st)
+	}
+	// Stopping early and resuming from a cursor (paging), across shards.
+	for _, stop := range []int{10, shards[0] + 5} {
+		n := 0
+		var cursor uint64
+		_ = c.ScanQueue(ctx, 0, func(q *QueuedJob) bool { n++; cursor = q.Cursor; return n < stop })
+		m := 0
+		_ = c.ScanQueue(ctx, cursor, func(q *QueuedJob) bool { m++; return true })
+		if n != stop || m != 600-stop {
+			t.Fatalf("paging after %d: %d then %d", stop, n, m)
+		}
 	}
 	d := &contracts.DeadLetter{ID: "X-d1", Reason: contracts.ReasonRejected, Job: contracts.Job{QueueID: "X", Rcpts: []contracts.Recipient{{Addr: "a@b"}}}}
 	if err := c.PublishDeadLetter(ctx, d, []byte("hello\r\n")); err != nil {

@@ -48,7 +48,7 @@ type Client struct {
 	log zerolog.Logger
 	set Settings
 
-	queue   jetstream.Stream
+	queues  []jetstream.Stream // the queue's shards
 	dlq     jetstream.Stream
 	bodies  jetstream.ObjectStore
 	refs    jetstream.KeyValue

@@ -72,17 +72,24 @@ func (m *Msg) InProgress() error { return m.m.InProgress() }
 // worker). ConsumeJobs returns when ctx is cancelled and every handle call
 // has returned; handle receives a context that is not cancelled with ctx,
 // so attempts in flight can finish (the handler bounds them itself).
+//
+// The loops are spread over the queue's shards (loop i serves shard i mod
+// the number of shards); every shard gets at least one.
 func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(context.Context, *Msg)) error {
-	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, contracts.ConsumerDelivery)
-	if err != nil {
-		return fmt.Errorf("delivery consumer: %w", err)
+	cons := make([]jetstream.Consumer, len(c.queues))
+	for i := range cons {
+		var err error
+		cons[i], err = c.js.Consumer(ctx, contracts.QueueStream(i), contracts.ConsumerDelivery)
+		if err != nil {
+			return fmt.Errorf("delivery consumer of %s: %w", contracts.QueueStream(i), err)
+		}
 	}
 	var wg sync.WaitGroup
-	for i := 0; i < concurrency; i++ {
+	for i := 0; i < max(concurrency, len(cons)); i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.fetchLoop(ctx, cons, handle)
+			c.fetchLoop(ctx, cons[i%len(cons)], handle)
 		}()
 	}
 	wg.Wait()

@@ -71,20 +71,23 @@ type QueueState struct {
 // Empty reports whether nothing is queued, in flight or scheduled.
 func (s QueueState) Empty() bool { return s.Ready+s.InFlight+s.Scheduled == 0 }
 
-// QueueState reads the queue's depth from the broker (a few API calls,
-// not one per message).
+// QueueState reads the queue's depth from the broker (a few API calls per
+// shard, not one per message).
 func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 	var st QueueState
-	ci, err := c.consumerInfo(ctx, contracts.ConsumerDelivery)
-	if err != nil {
-		return st, err
+	for shard := range c.queues {
+		ci, err := c.consumerInfo(ctx, shard, contracts.ConsumerDelivery)
+		if err != nil {
+			return st, err
+		}
+		st.Ready += ci.NumPending
+		st.InFlight += uint64(ci.NumAckPending)
+		si, err := c.consumerInfo(ctx, shard, contracts.ConsumerScheduled)
+		if err != nil {
+			return st, err
+		}
+		st.Scheduled += si.NumPending
 	}
-	st.Ready, st.InFlight = ci.NumPending, uint64(ci.NumAckPending)
-	si, err := c.consumerInfo(ctx, contracts.ConsumerScheduled)
-	if err != nil {
-		return st, err
-	}
-	st.Scheduled = si.NumPending
 	ds, err := c.dlq.Info(ctx)
 	if err != nil {
 		return st, fmt.Errorf("%w: dead-letter info: %v", ErrUnavailable, err)
@@ -96,37 +99,48 @@ func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 	return st, nil
 }
 
-func (c *Client) consumerInfo(ctx context.Context, name string) (*jetstream.ConsumerInfo, error) {
-	cons, err := c.js.Consumer(ctx, contracts.StreamQueue, name)
+func (c *Client) consumerInfo(ctx context.Context, shard int, name string) (*jetstream.ConsumerInfo, error) {
+	stream := contracts.QueueStream(shard)
+	cons, err := c.js.Consumer(ctx, stream, name)
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, name, err)
+		return nil, fmt.Errorf("%w: consumer %s of %s: %v", ErrUnavailable, name, stream, err)
 	}
 	ci, err := cons.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s: %v", ErrUnavailable, name, err)
+		return nil, fmt.Errorf("%w: consumer %s of %s: %v", ErrUnavailable, name, stream, err)
 	}
 	return ci, nil
 }
 
-// AckFloor is the stream sequence up to which every job has been
-// acknowledged.
-func (c *Client) AckFloor(ctx context.Context) (uint64, error) {
-	ci, err := c.consumerInfo(ctx, contracts.ConsumerDelivery)
-	if err != nil {
-		return 0, err
+// AckFloors are, per shard, the stream sequence up to which every job has
+// been acknowledged.
+func (c *Client) AckFloors(ctx context.Context) ([]uint64, error) {
+	floors := make([]uint64, len(c.queues))
+	for shard := range c.queues {
+		ci, err := c.consumerInfo(ctx, shard, contracts.ConsumerDelivery)
+		if err != nil {
+			return nil, err
+		}
+		floors[shard] = ci.AckFloor.Stream
 	}
-	return ci.AckFloor.Stream, nil
+	return floors, nil
 }
 
-// PurgeDelivered removes the acknowledged jobs below the ack floor in one
-// operation and returns the floor. Safe from any number of processes.
-func (c *Client) PurgeDelivered(ctx context.Context, last uint64) (uint64, error) {
-	floor, err := c.AckFloor(ctx)
-	if err != nil || floor <= last {
-		return floor, err
+// PurgeDelivered removes the acknowledged jobs below each shard's ack
+// floor, one operation per shard whose floor moved since last (nil on the
+// first call), and returns the floors. Safe from any number of processes.
+func (c *Client) PurgeDelivered(ctx context.Context, last []uint64) ([]uint64, error) {
+	floors, err := c.AckFloors(ctx)
+	if err != nil {
+		return last, err
 	}
-	if err := c.queue.Purge(ctx, jetstream.WithPurgeSubject(contracts.SubjectJobsAll), jetstream.WithPurgeSequence(floor+1)); err != nil {
-		return last, fmt.Errorf("%w: purge delivered jobs: %v", ErrUnavailable, err)
+	for shard, floor := range floors {
+		if shard < len(last) && floor <= last[shard] {
+			continue
+		}
+		if err := c.queues[shard].Purge(ctx, jetstream.WithPurgeSubject(contracts.JobsFilter(shard)), jetstream.WithPurgeSequence(floor+1)); err != nil {
+			return last, fmt.Errorf("%w: purge delivered jobs: %v", ErrUnavailable, err)
+		}
 	}
-	return floor, nil
+	return floors, nil
 }

@@ -14,6 +14,9 @@ import (
 // Settings are the broker-side parameters of the pipeline.
 type Settings struct {
 	Replicas int
+	// QueueShards is the number of streams the queue is spread over (the
+	// same in every process of a deployment).
+	QueueShards int
 	// DedupeWindow is the Nats-Msg-Id duplicate window of both streams.
 	DedupeWindow time.Duration
 	// AckWait of the delivery consumer.
@@ -36,6 +39,9 @@ type Settings struct {
 func (s *Settings) fill() {
 	if s.Replicas < 1 {
 		s.Replicas = 1
+	}
+	if s.QueueShards < 1 {
+		s.QueueShards = 1
 	}
 	if s.DedupeWindow <= 0 {
 		s.DedupeWindow = 20 * time.Minute
@@ -81,12 +87,12 @@ const envelopeRoom = 64 << 10
 // acknowledged job is still stored; ScanQueue hides those below the ack
 // floor, and workers purge their own ones individually when the floor is
 // held up (see ackedJobs in delivery).
-func (s Settings) QueueStreamConfig() jetstream.StreamConfig {
+func (s Settings) QueueStreamConfig(shard int) jetstream.StreamConfig {
 	s.fill()
 	return jetstream.StreamConfig{
-		Name:              contracts.StreamQueue,
-		Description:       "jetrelay live queue: jobs ready for delivery and scheduled retries",
-		Subjects:          []string{contracts.SubjectQueuePrefix + ">"},
+		Name:              contracts.QueueStream(shard),
+		Description:       "jetrelay live queue (one shard): jobs ready for delivery and scheduled retries",
+		Subjects:          []string{contracts.QueueSubjects(shard)},
 		Retention:         jetstream.LimitsPolicy,
 		Storage:           jetstream.FileStorage,
 		Replicas:          s.Replicas,
@@ -120,12 +126,12 @@ func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
 // MaxDeliver is unlimited on purpose: a job that keeps coming back is
 // dead-lettered by the worker itself (reason "poison"), so nothing ever
 // stays stuck in the queue unseen.
-func (s Settings) DeliveryConsumerConfig() jetstream.ConsumerConfig {
+func (s Settings) DeliveryConsumerConfig(shard int) jetstream.ConsumerConfig {
 	s.fill()
 	return jetstream.ConsumerConfig{
 		Durable:       contracts.ConsumerDelivery,
 		Description:   "jetrelay delivery workers",
-		FilterSubject: contracts.SubjectJobsAll,
+		FilterSubject: contracts.JobsFilter(shard),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckWait:       s.AckWait,
@@ -139,12 +145,12 @@ func (s Settings) DeliveryConsumerConfig() jetstream.ConsumerConfig {
 // ScheduledCounterConfig is a consumer that nobody reads: its pending
 // count is the number of scheduled retries, which the queue's metrics and
 // `queue list` report without scanning the stream.
-func ScheduledCounterConfig(s Settings) jetstream.ConsumerConfig {
+func ScheduledCounterConfig(s Settings, shard int) jetstream.ConsumerConfig {
 	s.fill()
 	return jetstream.ConsumerConfig{
 		Durable:       contracts.ConsumerScheduled,
 		Description:   "jetrelay: counts scheduled retries (never consumed)",
-		FilterSubject: contracts.SubjectSchedulesAll,
+		FilterSubject: contracts.SchedulesFilter(shard),
 		AckPolicy:     jetstream.AckNonePolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		Replicas:      s.Replicas,
@@ -159,17 +165,31 @@ func ScheduledCounterConfig(s Settings) jetstream.ConsumerConfig {
 func (c *Client) Provision(ctx context.Context, s Settings) error {
 	s.fill()
 	c.set = s
-	steps := []struct {
+	c.queues = make([]jetstream.Stream, s.QueueShards)
+	type step struct {
 		what string
 		do   func(context.Context) error
-	}{
-		{"stream " + contracts.StreamQueue, func(ctx context.Context) error {
-			st, err := c.js.CreateOrUpdateStream(ctx, s.QueueStreamConfig())
-			if err == nil {
-				c.queue = st
-			}
-			return err
-		}},
+	}
+	var steps []step
+	for i := 0; i < s.QueueShards; i++ {
+		steps = append(steps,
+			step{"stream " + contracts.QueueStream(i), func(ctx context.Context) error {
+				st, err := c.js.CreateOrUpdateStream(ctx, s.QueueStreamConfig(i))
+				if err == nil {
+					c.queues[i] = st
+				}
+				return err
+			}},
+			step{contracts.QueueStream(i) + " consumer " + contracts.ConsumerDelivery, func(ctx context.Context) error {
+				_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.QueueStream(i), s.DeliveryConsumerConfig(i))
+				return err
+			}},
+			step{contracts.QueueStream(i) + " consumer " + contracts.ConsumerScheduled, func(ctx context.Context) error {
+				_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.QueueStream(i), ScheduledCounterConfig(s, i))
+				return err
+			}})
+	}
+	steps = append(steps, []step{
 		{"stream " + contracts.StreamDeadLetter, func(ctx context.Context) error {
 			st, err := c.js.CreateOrUpdateStream(ctx, s.DeadLetterStreamConfig())
 			if err == nil {
@@ -204,15 +224,7 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 			}
 			return err
 		}},
-		{"consumer " + contracts.ConsumerDelivery, func(ctx context.Context) error {
-			_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.StreamQueue, s.DeliveryConsumerConfig())
-			return err
-		}},
-		{"consumer " + contracts.ConsumerScheduled, func(ctx context.Context) error {
-			_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.StreamQueue, ScheduledCounterConfig(s))
-			return err
-		}},
-	}
+	}...)
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {
 			return fmt.Errorf("provision %s: %w", st.what, err)
@@ -228,14 +240,19 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 func (c *Client) Bind(ctx context.Context, s Settings) error {
 	s.fill()
 	c.set = s
-	steps := []struct {
+	c.queues = make([]jetstream.Stream, s.QueueShards)
+	type step struct {
 		what string
 		do   func(context.Context) error
-	}{
-		{"stream " + contracts.StreamQueue, func(ctx context.Context) (err error) {
-			c.queue, err = c.js.Stream(ctx, contracts.StreamQueue)
+	}
+	var steps []step
+	for i := 0; i < s.QueueShards; i++ {
+		steps = append(steps, step{"stream " + contracts.QueueStream(i), func(ctx context.Context) (err error) {
+			c.queues[i], err = c.js.Stream(ctx, contracts.QueueStream(i))
 			return err
-		}},
+		}})
+	}
+	steps = append(steps, []step{
 		{"stream " + contracts.StreamDeadLetter, func(ctx context.Context) (err error) {
 			c.dlq, err = c.js.Stream(ctx, contracts.StreamDeadLetter)
 			return err
@@ -248,7 +265,7 @@ func (c *Client) Bind(ctx context.Context, s Settings) error {
 			c.refs, err = c.js.KeyValue(ctx, contracts.BucketBodyRefs)
 			return err
 		}},
-	}
+	}...)
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {

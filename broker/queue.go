@@ -31,6 +31,12 @@ func MsgID(j *contracts.Job) string {
 	return j.JobID() + "." + strconv.Itoa(j.Attempt)
 }
 
+// shardOf is the queue shard a job lives in.
+func (c *Client) shardOf(j *contracts.Job) int { return contracts.ShardOf(j.QueueID, len(c.queues)) }
+
+// Shards is the number of queue shards.
+func (c *Client) Shards() int { return len(c.queues) }
+
 func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.set.PublishTimeout)
 }
@@ -54,8 +60,9 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.JobSubject(j.Dest(), j.JobID()), j, data),
-		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.StreamQueue))
+	shard := c.shardOf(j)
+	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.JobSubject(shard, j.Dest(), j.JobID()), j, data),
+		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.QueueStream(shard)))
 	if err != nil {
 		return fmt.Errorf("%w: publish job %s: %v", ErrUnavailable, j.JobID(), err)
 	}
@@ -82,14 +89,14 @@ func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, 
 	if err != nil {
 		return err
 	}
-	dest, id := j.Dest(), j.JobID()
+	dest, id, shard := j.Dest(), j.JobID(), c.shardOf(j)
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.ScheduleSubject(dest, id), j, data),
+	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.ScheduleSubject(shard, dest, id), j, data),
 		jetstream.WithMsgID(msgID),
-		jetstream.WithExpectStream(contracts.StreamQueue),
+		jetstream.WithExpectStream(contracts.QueueStream(shard)),
 		jetstream.WithScheduleAt(at),
-		jetstream.WithScheduleTarget(contracts.JobSubject(dest, id)))
+		jetstream.WithScheduleTarget(contracts.JobSubject(shard, dest, id)))
 	if err != nil {
 		return fmt.Errorf("%w: schedule job %s: %v", ErrUnavailable, id, err)
 	}
@@ -260,7 +267,8 @@ func decodeB64URL(s string) ([]byte, error) {
 // RetractJob removes a job that is ready for delivery (by its unique
 // subject). It succeeds when the job is not, or no longer, in the queue.
 func (c *Client) RetractJob(ctx context.Context, j *contracts.Job) error {
-	err := c.queue.Purge(ctx, jetstream.WithPurgeSubject(contracts.JobSubject(j.Dest(), j.JobID())))
+	shard := c.shardOf(j)
+	err := c.queues[shard].Purge(ctx, jetstream.WithPurgeSubject(contracts.JobSubject(shard, j.Dest(), j.JobID())))
 	if err != nil {
 		return fmt.Errorf("%w: retract job %s: %v", ErrUnavailable, j.JobID(), err)
 	}

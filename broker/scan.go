@@ -85,7 +85,9 @@ batches:
 
 // QueuedJob is a job in the live queue.
 type QueuedJob struct {
-	Seq       uint64
+	Shard     int
+	Seq       uint64 // sequence in its shard's stream
+	Cursor    uint64 // position across shards, for paging (see ScanQueue)
 	Subject   string
 	Scheduled bool      // a retry waiting for its time (else ready or being delivered)
 	NextAt    time.Time // when a scheduled retry becomes due
@@ -95,27 +97,48 @@ type QueuedJob struct {
 	Err       error  // the payload did not decode
 }
 
+// cursorShift puts the shard above the sequence in a paging cursor.
+const cursorShift = 48
+
 // ScanQueue calls fn for every job in the live queue (ready, in flight and
-// scheduled) from stream sequence `from` on, in sequence order. Jobs below
-// the ack floor are delivered and waiting to be purged: they are skipped.
-// (A job delivered in the last moments above the floor may still show.)
-func (c *Client) ScanQueue(ctx context.Context, from uint64, fn func(*QueuedJob) bool) error {
-	floor, err := c.AckFloor(ctx)
+// scheduled), shard by shard in sequence order, starting after the cursor
+// `after` (0: from the start; else a QueuedJob.Cursor). Delivered jobs
+// below the ack floor, waiting to be purged, are skipped (one delivered in
+// the last moments above the floor may still show).
+func (c *Client) ScanQueue(ctx context.Context, after uint64, fn func(*QueuedJob) bool) error {
+	floors, err := c.AckFloors(ctx)
 	if err != nil {
 		return err
 	}
-	return c.scan(ctx, contracts.StreamQueue, contracts.SubjectQueuePrefix+">", from, func(m *StoredMsg) bool {
-		if m.Seq <= floor && strings.HasPrefix(m.Subject, contracts.SubjectJobPrefix) {
+	startShard, startSeq := int(after>>cursorShift), after&(1<<cursorShift-1)
+	stop := false
+	for shard := startShard; shard < len(c.queues) && !stop; shard++ {
+		from := uint64(1)
+		if shard == startShard {
+			from = startSeq + 1
+		}
+		err := c.scan(ctx, contracts.QueueStream(shard), contracts.QueueSubjects(shard), from, func(m *StoredMsg) bool {
+			qs, _ := contracts.ParseQueueSubject(m.Subject)
+			if qs.Kind == "job" && m.Seq <= floors[shard] {
+				return true
+			}
+			qj := &QueuedJob{Shard: shard, Seq: m.Seq, Cursor: uint64(shard)<<cursorShift | m.Seq, Subject: m.Subject, Stored: m.Time}
+			if qs.Kind == "sched" {
+				qj.Scheduled = true
+				qj.NextAt = scheduleTime(m.Header.Get(contracts.HeaderSchedule))
+			}
+			qj.Job, qj.Inline, qj.Err = contracts.DecodeJob(m.Data)
+			if !fn(qj) {
+				stop = true
+				return false
+			}
 			return true
+		})
+		if err != nil {
+			return err
 		}
-		qj := &QueuedJob{Seq: m.Seq, Subject: m.Subject, Stored: m.Time}
-		if strings.HasPrefix(m.Subject, contracts.SubjectSchedulePrefix) {
-			qj.Scheduled = true
-			qj.NextAt = scheduleTime(m.Header.Get(contracts.HeaderSchedule))
-		}
-		qj.Job, qj.Inline, qj.Err = contracts.DecodeJob(m.Data)
-		return fn(qj)
-	})
+	}
+	return nil
 }
 
 // scheduleTime reads "@at 2026-11-22T18:30:00Z".

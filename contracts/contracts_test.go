@@ -218,12 +218,30 @@ func TestJobDestAndID(t *testing.T) {
 	if PartOf(j.QueueID, 2, j.Rcpts) == j.Part {
 		t.Error("PartOf ignores the attempt")
 	}
-	kind, dest, id, ok := ParseQueueSubject(JobSubject(j.Dest(), j.JobID()))
-	if !ok || kind != "job" || dest != "example_com" || id != j.JobID() {
-		t.Errorf("ParseQueueSubject = %q %q %q %v", kind, dest, id, ok)
+	qs, ok := ParseQueueSubject(JobSubject(3, j.Dest(), j.JobID()))
+	if !ok || qs.Shard != 3 || qs.Kind != "job" || qs.Dest != "example_com" || qs.JobID != j.JobID() {
+		t.Errorf("ParseQueueSubject = %+v %v", qs, ok)
 	}
-	if _, _, _, ok := ParseQueueSubject("mailq.job.x"); ok {
-		t.Error("short subject parsed")
+	if qs, ok := ParseQueueSubject(ScheduleSubject(0, "d", "ID")); !ok || qs.Kind != "sched" {
+		t.Errorf("schedule subject: %+v %v", qs, ok)
+	}
+	for _, bad := range []string{"mailq.job.x.y", "mailq.x.job.d.i", "mailq.1.other.d.i", "maildlq.x"} {
+		if _, ok := ParseQueueSubject(bad); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+	// shards spread queue IDs and are stable
+	count := make([]int, 4)
+	for i := 0; i < 4000; i++ {
+		count[ShardOf(NewQueueID(time.Now()), 4)]++
+	}
+	for s, n := range count {
+		if n < 800 || n > 1200 {
+			t.Errorf("shard %d got %d of 4000 IDs", s, n)
+		}
+	}
+	if ShardOf("0KQ3H5XZ7M2P9RTA", 4) != ShardOf("0KQ3H5XZ7M2P9RTA", 4) || ShardOf("X", 1) != 0 {
+		t.Error("ShardOf unstable")
 	}
 }
 

@@ -1,14 +1,19 @@
 package contracts
 
 import (
+	"hash/fnv"
+	"strconv"
 	"strings"
 )
 
 // Streams, buckets and consumers that make up the pipeline on the broker.
 const (
-	// StreamQueue is the live queue: jobs that are ready for delivery and
-	// scheduled retries (delivered jobs are purged shortly after).
-	StreamQueue = "MAILQ"
+	// StreamQueuePrefix names the live queue's shards: MAILQ_0, MAILQ_1, …
+	// Each holds the jobs of some messages (by queue ID) that are ready for
+	// delivery and their scheduled retries; delivered jobs are purged
+	// shortly after. Several shards let the broker write (and fsync) in
+	// parallel.
+	StreamQueuePrefix = "MAILQ_"
 	// StreamDeadLetter holds one record per dead job (Limits retention,
 	// MaxAge = deadletter.retention).
 	StreamDeadLetter = "MAILDLQ"
@@ -26,21 +31,41 @@ const (
 	ConsumerScheduled = "scheduled"
 )
 
-// Subject layout. Every subject of the queue stream starts with
-// SubjectQueuePrefix; every dead letter with SubjectDeadLetterPrefix.
+// Subject layout of the queue:
+//
+//	mailq.<shard>.job.<dest>.<job id>     ready for delivery
+//	mailq.<shard>.sched.<dest>.<job id>   a retry waiting for its time
+//
+// and of the dead letters: maildlq.<dead-letter id>.
 const (
 	SubjectQueuePrefix      = "mailq."
-	SubjectJobPrefix        = "mailq.job."   // + dest + "." + job id: ready for delivery
-	SubjectSchedulePrefix   = "mailq.sched." // + dest + "." + job id: a retry waiting for its time
-	SubjectDeadLetterPrefix = "maildlq."     // + dead-letter id
-
-	// SubjectJobsAll matches every ready job (the delivery consumer's filter).
-	SubjectJobsAll = "mailq.job.>"
-	// SubjectSchedulesAll matches every scheduled retry.
-	SubjectSchedulesAll = "mailq.sched.>"
+	SubjectDeadLetterPrefix = "maildlq."
 	// SubjectDeadLettersAll matches every dead letter.
 	SubjectDeadLettersAll = "maildlq.>"
 )
+
+// QueueStream names one shard of the queue.
+func QueueStream(shard int) string { return StreamQueuePrefix + strconv.Itoa(shard) }
+
+// QueueSubjects is the subject filter of one shard's stream.
+func QueueSubjects(shard int) string { return SubjectQueuePrefix + strconv.Itoa(shard) + ".>" }
+
+// JobsFilter matches the ready jobs of a shard (its delivery consumer).
+func JobsFilter(shard int) string { return SubjectQueuePrefix + strconv.Itoa(shard) + ".job.>" }
+
+// SchedulesFilter matches the scheduled retries of a shard.
+func SchedulesFilter(shard int) string { return SubjectQueuePrefix + strconv.Itoa(shard) + ".sched.>" }
+
+// ShardOf is the queue shard of a message: every job and retry of one
+// message lives in the same shard (a schedule must target its own stream).
+func ShardOf(queueID string, shards int) int {
+	if shards <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(queueID))
+	return int(h.Sum32() % uint32(shards))
+}
 
 // Message headers jetrelay sets besides the NATS ones.
 const (
@@ -141,15 +166,15 @@ func unhex(c byte) (byte, bool) {
 }
 
 // JobSubject is the subject of a job that is ready for delivery.
-func JobSubject(dest, jobID string) string {
-	return SubjectJobPrefix + dest + "." + jobID
+func JobSubject(shard int, dest, jobID string) string {
+	return SubjectQueuePrefix + strconv.Itoa(shard) + ".job." + dest + "." + jobID
 }
 
 // ScheduleSubject is the subject of a retry waiting for its time. The NATS
 // scheduler keeps one schedule per subject, so publishing again replaces it
 // (this is how "retry now" works).
-func ScheduleSubject(dest, jobID string) string {
-	return SubjectSchedulePrefix + dest + "." + jobID
+func ScheduleSubject(shard int, dest, jobID string) string {
+	return SubjectQueuePrefix + strconv.Itoa(shard) + ".sched." + dest + "." + jobID
 }
 
 // DeadLetterSubject is the subject of one dead letter.
@@ -157,16 +182,27 @@ func DeadLetterSubject(id string) string {
 	return SubjectDeadLetterPrefix + id
 }
 
-// ParseQueueSubject splits a job or schedule subject into its kind
-// ("job" or "sched"), destination token and job ID.
-func ParseQueueSubject(subject string) (kind, dest, jobID string, ok bool) {
+// QueueSubject is a parsed queue subject.
+type QueueSubject struct {
+	Shard int
+	Kind  string // "job" or "sched"
+	Dest  string
+	JobID string
+}
+
+// ParseQueueSubject splits a job or schedule subject.
+func ParseQueueSubject(subject string) (QueueSubject, bool) {
 	rest, found := strings.CutPrefix(subject, SubjectQueuePrefix)
 	if !found {
-		return "", "", "", false
+		return QueueSubject{}, false
 	}
 	parts := strings.Split(rest, ".")
-	if len(parts) != 3 || (parts[0] != "job" && parts[0] != "sched") {
-		return "", "", "", false
+	if len(parts) != 4 || (parts[1] != "job" && parts[1] != "sched") {
+		return QueueSubject{}, false
 	}
-	return parts[0], parts[1], parts[2], true
+	shard, err := strconv.Atoi(parts[0])
+	if err != nil || shard < 0 {
+		return QueueSubject{}, false
+	}
+	return QueueSubject{Shard: shard, Kind: parts[1], Dest: parts[2], JobID: parts[3]}, true
 }

@@ -69,6 +69,7 @@ type Worker struct {
 // older job holds the floor up, the worker purges its own ones by subject
 // after a short while, so that `queue list` never shows them for long.
 type ackedJob struct {
+	shard   int
 	seq     uint64
 	subject string
 	at      time.Time
@@ -173,13 +174,13 @@ func (w *Worker) housekeeping(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastSweep := time.Now()
-	var floor uint64
+	var floors []uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			floor = w.purgeDelivered(ctx, floor, now)
+			floors = w.purgeDelivered(ctx, floors, now)
 			w.mu.Lock()
 			var due []*broker.Msg
 			for m, f := range w.inflight {
@@ -203,11 +204,11 @@ func (w *Worker) housekeeping(ctx context.Context) {
 // purgeDelivered removes delivered jobs from the queue: all of them below
 // the ack floor at once, and this worker's own ones above it one by one
 // once they are older than purgeAfter.
-func (w *Worker) purgeDelivered(ctx context.Context, last uint64, now time.Time) uint64 {
+func (w *Worker) purgeDelivered(ctx context.Context, last []uint64, now time.Time) []uint64 {
 	const purgeAfter = 2 * time.Second
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	floor, err := w.b.PurgeDelivered(pctx, last)
+	floors, err := w.b.PurgeDelivered(pctx, last)
 	if err != nil {
 		return last
 	}
@@ -216,7 +217,7 @@ func (w *Worker) purgeDelivered(ctx context.Context, last uint64, now time.Time)
 	keep := w.acked[:0]
 	for _, a := range w.acked {
 		switch {
-		case a.seq <= floor:
+		case a.shard < len(floors) && a.seq <= floors[a.shard]:
 		case now.Sub(a.at) >= purgeAfter:
 			late = append(late, a)
 		default:
@@ -233,7 +234,7 @@ func (w *Worker) purgeDelivered(ctx context.Context, last uint64, now time.Time)
 			break
 		}
 	}
-	return floor
+	return floors
 }
 
 func (w *Worker) track(m *broker.Msg) func() {
@@ -629,8 +630,9 @@ func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
 			if try > 1 {
 				log.Info().Int("tries", try).Msg("ack went through after retrying")
 			}
+			qs, _ := contracts.ParseQueueSubject(m.Subject())
 			w.mu.Lock()
-			w.acked = append(w.acked, ackedJob{seq: m.StreamSeq(), subject: m.Subject(), at: time.Now()})
+			w.acked = append(w.acked, ackedJob{shard: qs.Shard, seq: m.StreamSeq(), subject: m.Subject(), at: time.Now()})
 			w.mu.Unlock()
 			return
 		}

@@ -100,6 +100,7 @@ func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zer
 func BrokerSettings(cfg *config.Config) broker.Settings {
 	return broker.Settings{
 		Replicas:            cfg.Broker.Replicas,
+		QueueShards:         cfg.Broker.QueueShards,
 		DedupeWindow:        cfg.Broker.DedupeWindow.D(),
 		AckWait:             cfg.Broker.AckWait.D(),
 		QueueMaxAge:         cfg.Delivery.Retry.MaxAge.D() + cfg.DeadLetter.Retention.D() + 24*time.Hour,

@@ -21,7 +21,7 @@ import (
 // "job"). Field names are stable.
 type JobJSON struct {
 	Type        string                    `json:"type"` // "job"
-	Seq         uint64                    `json:"seq"`  // stream sequence; the --after cursor
+	Seq         uint64                    `json:"seq"`  // the --after cursor
 	QueueID     string                    `json:"queue_id"`
 	JobID       string                    `json:"job_id"`
 	State       string                    `json:"state"` // "ready" (or being delivered) or "scheduled"
@@ -39,7 +39,7 @@ type JobJSON struct {
 }
 
 func jobJSON(e *queuectl.Entry, now time.Time, withHistory bool) JobJSON {
-	j := JobJSON{Type: "job", Seq: e.Seq, State: "ready"}
+	j := JobJSON{Type: "job", Seq: e.Cursor, State: "ready"}
 	if e.Scheduled {
 		j.State = "scheduled"
 		if !e.NextAt.IsZero() {

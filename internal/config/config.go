@@ -44,6 +44,10 @@ type Broker struct {
 	Listen string `yaml:"listen"`
 	// Replicas of every stream and bucket: 1 on one node, 3 on a cluster.
 	Replicas int `yaml:"replicas"`
+	// QueueShards spreads the queue over this many streams, which the
+	// broker writes (and fsyncs) in parallel. Every process of a deployment
+	// must use the same value.
+	QueueShards int `yaml:"queue_shards"`
 	// Credentials is a NATS .creds file (JWT + NKey).
 	Credentials  string    `yaml:"credentials"`
 	User         string    `yaml:"user"`
@@ -254,6 +258,7 @@ func Default() *Config {
 		DataDir:  defaultDataDir(),
 		Broker: Broker{
 			Replicas:       1,
+			QueueShards:    4,
 			SyncInterval:   "always",
 			InlineMaxBytes: 256 << 10,
 			PublishTimeout: Duration(10 * time.Second),

@@ -88,14 +88,14 @@ type Queue struct {
 // New returns the queue on a broker connection.
 func New(b *broker.Client) *Queue { return &Queue{b: b, dl: deadletter.NewWriter(b), now: time.Now} }
 
-// List calls fn for the matching jobs in stream order after sequence
-// `after`, at most limit (0: all). It returns the cursor of the next page
-// (0 when there is none). Payloads that do not decode are passed with Err
-// set when no filter is given, skipped otherwise.
+// List calls fn for the matching jobs after the cursor `after` (0: from
+// the start), at most limit (0: all). It returns the cursor of the next
+// page (0 when there is none). Payloads that do not decode are passed with
+// Err set when no filter is given, skipped otherwise.
 func (q *Queue) List(ctx context.Context, f Filter, after uint64, limit int, fn func(*Entry) bool) (next uint64, err error) {
 	n := 0
 	now := q.now()
-	err = q.b.ScanQueue(ctx, after+1, func(e *Entry) bool {
+	err = q.b.ScanQueue(ctx, after, func(e *Entry) bool {
 		if e.Err != nil {
 			if !f.empty() {
 				return true
@@ -108,7 +108,7 @@ func (q *Queue) List(ctx context.Context, f Filter, after uint64, limit int, fn 
 			return false
 		}
 		n++
-		after = e.Seq
+		after = e.Cursor
 		return fn(e)
 	})
 	return next, err
@@ -129,7 +129,7 @@ func (q *Queue) Retry(ctx context.Context, e *Entry) (bool, error) {
 // delivering at this moment may still be delivered by that attempt.
 func (q *Queue) Delete(ctx context.Context, e *Entry, purge bool, by string) error {
 	if e.Job == nil {
-		return q.b.DeleteQueueMsg(ctx, e.Seq)
+		return q.b.DeleteQueueMsg(ctx, e.Shard, e.Seq)
 	}
 	j := e.Job
 	if !purge {
@@ -155,7 +155,7 @@ func (q *Queue) Delete(ctx context.Context, e *Entry, purge bool, by string) err
 	if e.Scheduled {
 		err = q.b.PurgeQueueSubject(ctx, e.Subject)
 	} else {
-		err = q.b.DeleteQueueMsg(ctx, e.Seq)
+		err = q.b.DeleteQueueMsg(ctx, e.Shard, e.Seq)
 	}
 	if err != nil {
 		return err
