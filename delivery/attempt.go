@@ -58,8 +58,11 @@ func (w *Worker) deliverGroup(ctx context.Context, j *contracts.Job, body bodySo
 
 	// A cached connection first.
 	if c := w.pool.get(dest.key); c != nil {
-		if err := c.reset(ctx); err == nil {
-			if w.transact(ctx, c, dest, env, res) {
+		// A connection used a moment ago is alive; one that idled is
+		// checked with RSET first (the server may have timed it out).
+		fresh := time.Since(c.lastUse) < time.Second
+		if fresh || c.reset(ctx) == nil {
+			if w.transact(ctx, c, dest, env, res, true) {
 				return res
 			}
 		} else {
@@ -88,7 +91,7 @@ func (w *Worker) deliverGroup(ctx context.Context, j *contracts.Job, body bodySo
 			}
 			continue
 		}
-		if w.transact(ctx, c, dest, env, res) {
+		if w.transact(ctx, c, dest, env, res, false) {
 			return res
 		}
 		last = res.replies[0]
@@ -106,8 +109,10 @@ func (w *Worker) deliverGroup(ctx context.Context, j *contracts.Job, body bodySo
 // transact sends the envelope on c. It reports true when the outcome is
 // final for this attempt (recipients decided, or the body was sent so
 // that trying another host could duplicate the message), false when the
-// connection failed early and the next host should be tried.
-func (w *Worker) transact(ctx context.Context, c *smtpConn, dest *destination, env *envelope, res *groupResult) bool {
+// connection failed early and the next host should be tried. On a reused
+// connection a 421 to everything means the server had closed it: that is
+// not a verdict either.
+func (w *Worker) transact(ctx context.Context, c *smtpConn, dest *destination, env *envelope, res *groupResult, reused bool) bool {
 	res.host, res.ip, res.tls = c.host, c.addr, c.tlsDesc
 	res.dsnExt = c.has("DSN")
 	tx, err := c.send(ctx, env)
@@ -134,6 +139,10 @@ func (w *Worker) transact(ctx context.Context, c *smtpConn, dest *destination, e
 		}
 		return false
 	}
+	if reused && tx.final == nil && allCode(tx.rcpt, 421) {
+		c.close()
+		return false
+	}
 	for i, r := range tx.rcpt {
 		if r == nil {
 			r = &contracts.Reply{Code: 451, Enhanced: "4.4.2", Text: "no reply for this recipient", Host: c.host}
@@ -156,6 +165,15 @@ func (w *Worker) transact(ctx context.Context, c *smtpConn, dest *destination, e
 	}
 	w.pool.put(dest.key, c)
 	return true
+}
+
+func allCode(rs []*contracts.Reply, code int) bool {
+	for _, r := range rs {
+		if r == nil || r.Code != code {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 func anyAccepted(tx *txResult) bool {

@@ -53,6 +53,10 @@ type conn struct {
 	tls    atomic.Bool // the bytes on this conn are TLS records
 	inTxn  atomic.Bool // between MAIL and the end of DATA
 
+	// wbuf holds replies until the session next reads (see Write).
+	wmu  sync.Mutex
+	wbuf []byte
+
 	mu sync.Mutex
 	// errors counts rejected commands; past ingress.max_errors the session
 	// ends with 421.
@@ -113,6 +117,9 @@ func (c *conn) refuse(line, reason string) {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
 	if c.eof.Load() {
 		return 0, io.EOF
 	}
@@ -122,11 +129,41 @@ func (c *conn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// Write collects replies and sends them when the session next reads from
+// the client (or closes): go-smtp writes every reply line with its own
+// write, ten for an EHLO, and a pipelining client waits for all of them
+// anyway. SMTP is request and response, so nothing waits on a reply that
+// is still buffered: the next thing the session does is read.
 func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	c.wbuf = append(c.wbuf, p...)
+	big := len(c.wbuf) >= 32<<10
+	c.wmu.Unlock()
+	if big {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// flush sends the buffered replies.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.wbuf) == 0 {
+		return nil
+	}
 	if d := c.srv.opts.WriteTimeout; d > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(d))
 	}
-	return c.Conn.Write(p)
+	_, err := c.Conn.Write(c.wbuf)
+	if cap(c.wbuf) > 64<<10 {
+		c.wbuf = nil
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
 }
 
 // endAfterReply ends the session after the reply being prepared: the next
@@ -148,6 +185,7 @@ func (c *conn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	_ = c.flush()
 	err := c.Conn.Close()
 	s := c.srv
 	s.connMu.Lock()
@@ -172,8 +210,11 @@ func (c *conn) setInTxn(v bool) { c.inTxn.Store(v) }
 // 421 4.3.2; under TLS the conn cannot write a reply of its own.
 func (c *conn) shutdownIdle() {
 	if !c.tls.Load() {
+		_ = c.flush()
+		c.wmu.Lock()
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		_, _ = c.Conn.Write([]byte("421 4.3.2 Service shutting down, try again later\r\n"))
+		c.wmu.Unlock()
 	}
 	c.log.Info().Msg("closing idle session: shutting down")
 	_ = c.Close()

@@ -527,3 +527,30 @@ func TestLongDeliveryKeptAlive(t *testing.T) {
 		t.Fatalf("%d deliveries over %d connections; the job was handed out again", n, c)
 	}
 }
+
+// A cached connection that the next hop closed in the meantime is noticed
+// and replaced: the message goes out at once on a new connection, without
+// a retry and without backing the destination off.
+func TestStaleCachedConnection(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{IdleTimeout: 200 * time.Millisecond})
+	cfg := smarthostConfig(t, sink)
+	cfg.Delivery.DestinationBackoff = config.Duration(time.Hour)
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	send := func(s string) {
+		if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{"x@example.test"}, Data: testenv.RFC5322(s, testenv.Body(100))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("first")
+	sink.WaitFor(t, 1, 30*time.Second)
+	// The sink times the cached connection out (421 and close).
+	testenv.Eventually(t, 10*time.Second, func() bool { return sink.LiveConnections() == 0 }, "sink kept the connection")
+	send("second")
+	sink.WaitFor(t, 2, 10*time.Second)
+	if st := relay.State(); st.Scheduled != 0 {
+		t.Fatalf("the second message was deferred: %+v", st)
+	}
+	if n := sink.Connections(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}

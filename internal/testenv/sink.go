@@ -77,6 +77,8 @@ type SinkOptions struct {
 	Addr string
 	// MaxMessageBytes advertised as SIZE (0: unlimited).
 	MaxMessageBytes int64
+	// IdleTimeout closes connections idle this long (0: never).
+	IdleTimeout time.Duration
 }
 
 // Sink is a capturing destination SMTP server whose replies a test can
@@ -125,6 +127,7 @@ func (s *Sink) listen(addr string) error {
 	srv.Domain = "sink.test"
 	srv.AllowInsecureAuth = s.opts.AllowInsecureAuth
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
+	srv.ReadTimeout = s.opts.IdleTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.ErrorLog = nopLogger{}
@@ -193,6 +196,9 @@ func (s *Sink) Messages() []*Message {
 
 // Connections is the number of connections accepted so far.
 func (s *Sink) Connections() int64 { return s.conns.Load() }
+
+// LiveConnections is the number of connections open now.
+func (s *Sink) LiveConnections() int64 { return s.live.Load() }
 
 // PeakConnections is the largest number of simultaneous connections.
 func (s *Sink) PeakConnections() int64 { return s.peak.Load() }
