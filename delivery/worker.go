@@ -616,11 +616,12 @@ func (w *Worker) retryPublish(ctx context.Context, f func(context.Context) (int,
 }
 
 // ack acknowledges a finished job, retrying with short timeouts for up to
-// half the AckWait: when the consumer's leader moves (a broker node
-// restarting), one ack can be lost, and a job whose ack is lost is handed
-// out again and delivered twice. Acks are idempotent.
+// an AckWait: while the consumer's leader moves (a broker node restarting)
+// acks get no answer, and a job whose ack is lost is handed out again and
+// delivered twice. Acks are idempotent, and one that arrives after the job
+// was handed out again still spares the next delivery its ack.
 func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
-	deadline := time.Now().Add(w.opts.AckWait / 2)
+	deadline := time.Now().Add(w.opts.AckWait)
 	var err error
 	for try := 1; ; try++ {
 		actx, cancel := context.WithTimeout(ctx, time.Second)

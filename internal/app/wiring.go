@@ -26,7 +26,7 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 		Password:   cfg.Broker.Password,
 	}
 	if cfg.Broker.PasswordFile != "" {
-		p, err := readSecret(cfg.Broker.PasswordFile)
+		p, err := ReadSecret(cfg.Broker.PasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("broker.password_file: %w", err)
 		}
@@ -35,7 +35,7 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 	if cl := cfg.Broker.Cluster; cl.Listen != "" {
 		opts.Cluster = &broker.ClusterOptions{Name: cl.Name, Listen: cl.Listen, Routes: cl.Routes, User: cl.User, Password: cl.Password}
 		if cl.PasswordFile != "" {
-			p, err := readSecret(cl.PasswordFile)
+			p, err := ReadSecret(cl.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("broker.cluster.password_file: %w", err)
 			}
@@ -71,7 +71,7 @@ func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zer
 		KeyFile:              cfg.Broker.TLS.Key,
 	}
 	if cfg.Broker.PasswordFile != "" {
-		p, err := readSecret(cfg.Broker.PasswordFile)
+		p, err := ReadSecret(cfg.Broker.PasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("broker.password_file: %w", err)
 		}
@@ -166,7 +166,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 	dc := cfg.Delivery
 	shPass := dc.SmarthostPassword
 	if dc.SmarthostPasswordFile != "" {
-		p, err := readSecret(dc.SmarthostPasswordFile)
+		p, err := ReadSecret(dc.SmarthostPasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("delivery.smarthost_password_file: %w", err)
 		}
@@ -175,7 +175,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 	routePw := map[string]string{}
 	for dom, r := range dc.Routes {
 		if r.PasswordFile != "" {
-			p, err := readSecret(r.PasswordFile)
+			p, err := ReadSecret(r.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("delivery.routes.%s.password_file: %w", dom, err)
 			}
@@ -224,9 +224,9 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 	}, log), nil
 }
 
-// readSecret reads a password or token kept in a file, without the
+// ReadSecret reads a password or token kept in a file, without the
 // trailing newline editors add.
-func readSecret(path string) (string, error) {
+func ReadSecret(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", err

@@ -219,12 +219,3 @@ func newVersionCmd(g *globals) *cobra.Command {
 		},
 	}
 }
-
-// readSecret reads a password kept in a file, without its trailing newline.
-func readSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
-}

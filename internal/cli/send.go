@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -98,7 +99,7 @@ func defaultSendServer(listen []string) string {
 
 func sendPassword(file string, stderr io.Writer) (string, error) {
 	if file != "" {
-		return readSecret(file)
+		return app.ReadSecret(file)
 	}
 	if p := os.Getenv("JETRELAY_SEND_PASSWORD"); p != "" {
 		return p, nil

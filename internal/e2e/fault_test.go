@@ -42,7 +42,7 @@ type node struct {
 	proc            *testenv.Proc
 }
 
-func newStack(t *testing.T, brokers int, extra string) *stack {
+func newStack(t *testing.T, brokers int) *stack {
 	if testing.Short() {
 		t.Skip("multi-process fault test")
 	}
@@ -78,7 +78,7 @@ delivery:
   shutdown_grace: 10s
 ingress:
   shutdown_grace: 10s
-%s`, strings.Join(urls, ", "), s.brokerPW, replicas, s.sink.Addr, extra)
+`, strings.Join(urls, ", "), s.brokerPW, replicas, s.sink.Addr)
 	for i := range ps {
 		b := &node{name: fmt.Sprintf("broker-%d", i+1), addr: fmt.Sprintf("127.0.0.1:%d", ps[i].client)}
 		yaml := s.common + fmt.Sprintf("data_dir: %s\n", filepath.Join(s.dir, b.name))
@@ -170,7 +170,7 @@ func (s *stack) check(l *testenv.Load, maxDup int) testenv.Verdict {
 // every third message is deferred once, so retries are in flight across
 // the kills too.
 func TestFaultKillDeliveryWorker(t *testing.T) {
-	s := newStack(t, 1, "")
+	s := newStack(t, 1)
 	var mu sync.Mutex
 	deferred := map[string]bool{}
 	s.sink.OnData(func(m *testenv.Message) *smtp.SMTPError {
@@ -208,7 +208,7 @@ func TestFaultKillDeliveryWorker(t *testing.T) {
 // Kill an ingress repeatedly, mid-DATA and between DATA and the reply;
 // clients retry on the other ingress.
 func TestFaultKillIngress(t *testing.T) {
-	s := newStack(t, 1, "")
+	s := newStack(t, 1)
 	s.addIngress(2)
 	s.addWorkers(1)
 	s.startAll()
@@ -236,7 +236,7 @@ func TestFaultKillIngress(t *testing.T) {
 
 // SIGKILL one of three broker nodes under load, then restart it.
 func TestFaultKillBrokerNode(t *testing.T) {
-	s := newStack(t, 3, "")
+	s := newStack(t, 3)
 	s.addIngress(1)
 	s.addWorkers(2)
 	s.startAll()
@@ -255,7 +255,7 @@ func TestFaultKillBrokerNode(t *testing.T) {
 
 // SIGKILL everything at once under load, then restart everything.
 func TestFaultKillEverything(t *testing.T) {
-	s := newStack(t, 1, "")
+	s := newStack(t, 1)
 	s.addIngress(1)
 	s.addWorkers(2)
 	s.startAll()
@@ -282,7 +282,7 @@ func TestFaultKillEverything(t *testing.T) {
 // A rolling restart with SIGTERM, one process at a time, under load:
 // nothing lost, nothing duplicated.
 func TestRollingRestart(t *testing.T) {
-	s := newStack(t, 3, "")
+	s := newStack(t, 3)
 	s.addIngress(2)
 	s.addWorkers(2)
 	s.startAll()
@@ -311,7 +311,7 @@ func stillLoading(l *testenv.Load) bool { return !l.Done() }
 // /readyz turns false within seconds of the broker dying and true again
 // after it is back; /healthz stays true (the process is alive).
 func TestReadyzFollowsBroker(t *testing.T) {
-	s := newStack(t, 1, "")
+	s := newStack(t, 1)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	s.addWorkers(1)
 	w := s.workers[0]
