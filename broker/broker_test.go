@@ -1,13 +1,17 @@
 package broker
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -291,4 +295,95 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 	if len(dls) != 1 || dls[0].DL.ID != "X-d1" || string(dls[0].Inline) != "hello\r\n" {
 		t.Fatalf("dead letters: %+v", dls)
 	}
+}
+
+// A publish whose acknowledgement is lost (the reply dropped on its way
+// back, as when the node the client talks to goes away) is sent again
+// with the same ID: the caller gets success, and the stream holds one
+// copy, not an error for a message that was in fact queued.
+func TestPublishSurvivesALostAcknowledgement(t *testing.T) {
+	e := startTest(t, t.TempDir())
+	cr := e.Credentials()
+	proxy := dropFirstReply(t, strings.TrimPrefix(cr.URL, "nats://"), []byte(`"stream":"MAILQ_`))
+	c, err := Connect(context.Background(), ConnectOptions{Name: "test", URLs: []string{"nats://" + proxy.addr}, User: cr.User, Password: cr.Password}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, PublishTimeout: 3 * time.Second, QueueShards: 1}); err != nil {
+		t.Fatal(err)
+	}
+	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+		t.Fatalf("publish with its first acknowledgement lost: %v", err)
+	}
+	if proxy.dropped.Load() != 1 {
+		t.Fatalf("the proxy dropped %d replies, want 1", proxy.dropped.Load())
+	}
+	st, err := c.QueueState(ctx)
+	if err != nil || st.Ready != 1 {
+		t.Fatalf("queue after the retried publish: %+v %v", st, err)
+	}
+}
+
+type replyDropper struct {
+	addr    string
+	dropped atomic.Int32
+}
+
+// dropFirstReply is a TCP proxy to a NATS server that passes everything
+// but the first message from the server whose payload contains match.
+func dropFirstReply(t *testing.T, server string, match []byte) *replyDropper {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	p := &replyDropper{addr: l.Addr().String()}
+	go func() {
+		for {
+			cc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			sc, err := net.Dial("tcp", server)
+			if err != nil {
+				cc.Close()
+				continue
+			}
+			t.Cleanup(func() { cc.Close(); sc.Close() })
+			go func() { _, _ = io.Copy(sc, cc); sc.Close() }()
+			go func() {
+				defer cc.Close()
+				r := bufio.NewReader(sc)
+				for {
+					line, err := r.ReadBytes('\n')
+					if err != nil {
+						return
+					}
+					var payload []byte
+					if bytes.HasPrefix(line, []byte("MSG ")) || bytes.HasPrefix(line, []byte("HMSG ")) {
+						f := bytes.Fields(line)
+						n, err := strconv.Atoi(string(f[len(f)-1]))
+						if err != nil {
+							return
+						}
+						payload = make([]byte, n+2)
+						if _, err := io.ReadFull(r, payload); err != nil {
+							return
+						}
+						if bytes.Contains(payload, match) && p.dropped.CompareAndSwap(0, 1) {
+							continue
+						}
+					}
+					if _, err := cc.Write(append(line, payload...)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
 }

@@ -243,11 +243,21 @@ func (e *Embedded) Server() *server.Server { return e.srv }
 // Credentials returns what clients need to connect.
 func (e *Embedded) Credentials() Credentials { return e.creds }
 
-// Ready reports whether the server accepts connections and, when
-// JetStream is enabled, JetStream is healthy.
-func (e *Embedded) Ready() bool {
-	st := e.srv.Healthz(&server.HealthzOptions{JSEnabledOnly: true})
-	return st != nil && st.Error == ""
+// Health reports nil when the server accepts connections and JetStream
+// is healthy: the meta layer has a leader and, on a cluster node, every
+// stream and consumer replica placed here has caught up. A node that has
+// just restarted is therefore not ready until it can lose a peer again
+// without the cluster losing quorum, which is what a rolling restart must
+// wait for before it stops the next node.
+func (e *Embedded) Health() error {
+	st := e.srv.Healthz(&server.HealthzOptions{})
+	if st == nil {
+		return errors.New("no health status")
+	}
+	if st.Error != "" {
+		return errors.New(st.Error)
+	}
+	return nil
 }
 
 // Shutdown stops the server and waits until it has flushed its store. A

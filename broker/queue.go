@@ -58,15 +58,51 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
 	shard := c.shardOf(j)
-	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.JobSubject(shard, j.Dest(), j.JobID()), j, data),
+	err = c.publishIdempotent(ctx, jobMsg(contracts.JobSubject(shard, j.Dest(), j.JobID()), j, data),
 		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.QueueStream(shard)))
 	if err != nil {
 		return fmt.Errorf("%w: publish job %s: %v", ErrUnavailable, j.JobID(), err)
 	}
 	return nil
+}
+
+// publishIdempotent publishes a message that carries a de-duplication ID
+// and waits for the broker's acknowledgement, within PublishTimeout. An
+// attempt that gets no answer in time is in doubt: the broker may have
+// stored the message and lost the reply (the node the client talks to
+// going away, a leader moving). It is sent again, with the same ID, until
+// an acknowledgement arrives; the stream stores it at most once and
+// answers "duplicate" for a copy it already has. So a publish that
+// returns an error has most likely stored nothing, and one that returns
+// nil stored exactly one copy. Errors the broker answered with (a wrong
+// stream, a message too large) are not retried.
+func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	// Long enough for a busy broker's fsync, short enough to leave room
+	// for a try after the client moved to another node.
+	per := max(c.set.PublishTimeout/3, time.Second)
+	for try := 1; ; try++ {
+		actx, acancel := context.WithTimeout(ctx, per)
+		_, err := c.js.PublishMsg(actx, m, opts...)
+		acancel()
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+			return nil
+		case errors.As(err, &apiErr), errors.Is(err, nats.ErrConnectionClosed), ctx.Err() != nil:
+			return err
+		case !errors.Is(err, context.DeadlineExceeded):
+			// No stream leader right now (an election), the connection
+			// reconnecting: wait a moment before the next try.
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(min(time.Duration(try)*50*time.Millisecond, 500*time.Millisecond)):
+			}
+		}
+	}
 }
 
 // ScheduleJob stores a job that becomes ready at `at`: a NATS message
@@ -90,9 +126,7 @@ func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, 
 		return err
 	}
 	dest, id, shard := j.Dest(), j.JobID(), c.shardOf(j)
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	_, err = c.js.PublishMsg(ctx, jobMsg(contracts.ScheduleSubject(shard, dest, id), j, data),
+	err = c.publishIdempotent(ctx, jobMsg(contracts.ScheduleSubject(shard, dest, id), j, data),
 		jetstream.WithMsgID(msgID),
 		jetstream.WithExpectStream(contracts.QueueStream(shard)),
 		jetstream.WithScheduleAt(at),
@@ -113,9 +147,7 @@ func (c *Client) PublishDeadLetter(ctx context.Context, d *contracts.DeadLetter,
 	m.Data = data
 	m.Header.Set(contracts.HeaderQueueID, d.Job.QueueID)
 	m.Header.Set(contracts.HeaderKind, contracts.KindDeadLetter)
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	_, err = c.js.PublishMsg(ctx, m, jetstream.WithMsgID("dl."+d.ID), jetstream.WithExpectStream(contracts.StreamDeadLetter))
+	err = c.publishIdempotent(ctx, m, jetstream.WithMsgID("dl."+d.ID), jetstream.WithExpectStream(contracts.StreamDeadLetter))
 	if err != nil {
 		return fmt.Errorf("%w: publish dead letter %s: %v", ErrUnavailable, d.ID, err)
 	}

@@ -255,8 +255,10 @@ func (a *App) ready() error {
 	if a.bc == nil || !a.bc.Connected() {
 		return errors.New("broker connection down")
 	}
-	if a.emb != nil && !a.emb.Ready() {
-		return errors.New("embedded JetStream not ready")
+	if a.emb != nil {
+		if err := a.emb.Health(); err != nil {
+			return fmt.Errorf("embedded broker: %w", err)
+		}
 	}
 	return nil
 }

@@ -116,6 +116,12 @@ func runStages(cfg *config.Config, log zerolog.Logger, st app.Stages) error {
 func runUntil(ctx context.Context, cfg *config.Config, log zerolog.Logger, st app.Stages, started func(*app.App)) error {
 	a, err := app.Start(ctx, cfg, log, st, app.Options{})
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped while still starting (waiting for the broker, say):
+			// a requested stop, not a failure.
+			log.Info().Err(err).Msg("stop requested while starting")
+			return nil
+		}
 		return err
 	}
 	if started != nil {

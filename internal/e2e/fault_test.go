@@ -38,6 +38,7 @@ type stack struct {
 
 type node struct {
 	name, cfg, addr string // addr: SMTP address (ingress) or client URL (broker)
+	http            string // brokers: the /readyz address
 	args            []string
 	proc            *testenv.Proc
 }
@@ -80,8 +81,9 @@ ingress:
   shutdown_grace: 10s
 `, strings.Join(urls, ", "), s.brokerPW, replicas, s.sink.Addr)
 	for i := range ps {
-		b := &node{name: fmt.Sprintf("broker-%d", i+1), addr: fmt.Sprintf("127.0.0.1:%d", ps[i].client)}
+		b := &node{name: fmt.Sprintf("broker-%d", i+1), addr: fmt.Sprintf("127.0.0.1:%d", ps[i].client), http: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
 		yaml := s.common + fmt.Sprintf("data_dir: %s\n", filepath.Join(s.dir, b.name))
+		yaml = strings.Replace(yaml, `http: {listen: "off"}`, fmt.Sprintf("http: {listen: %q}", b.http), 1)
 		yaml = strings.Replace(yaml, "broker:\n", fmt.Sprintf("broker:\n  listen: %s\n  server_name: n%d\n", b.addr, i+1), 1)
 		if s.cluster {
 			yaml = strings.Replace(yaml, "broker:\n", fmt.Sprintf("broker:\n  cluster:\n    name: fault\n    listen: 127.0.0.1:%d\n    routes: [%s]\n", ps[i].route, strings.Join(routes, ", ")), 1)
@@ -126,6 +128,21 @@ func (s *stack) start(n *node) {
 	}
 }
 
+// waitReady waits until the node's /readyz says ready: for a broker node,
+// until every replica on it has caught up, which a rolling restart must
+// wait for before it stops the next node.
+func (s *stack) waitReady(n *node) {
+	s.t.Helper()
+	testenv.Eventually(s.t, 2*time.Minute, func() bool {
+		resp, err := http.Get("http://" + n.http + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, n.name+" never became ready")
+}
+
 func (s *stack) startAll() {
 	for _, b := range s.brokers {
 		n := b
@@ -154,6 +171,7 @@ func (s *stack) check(l *testenv.Load, maxDup int) testenv.Verdict {
 	// nothing more is on its way: a sentinel sent last arrives after
 	// every retry that was due before it
 	s.t.Logf("result: %s", v.Summary())
+	logDuplicates(s.t, s.sink, v)
 	if len(v.Unexpected) > 0 {
 		s.t.Errorf("delivered although the client was refused: %v", v.Unexpected)
 	}
@@ -295,14 +313,30 @@ func TestRollingRestart(t *testing.T) {
 			t.Errorf("%s exited with %v after SIGTERM", n.name, err)
 		}
 		s.start(n)
-		if n.addr != "" && strings.HasPrefix(n.name, "broker") {
-			testenv.WaitListening(t, n.addr, 60*time.Second, n.proc)
+		if n.http != "" {
+			s.waitReady(n)
 		}
 	}
 	l.Wait()
 	v := s.check(l, 0)
 	if v.Accepted != 2000 || v.Duplicates != 0 || v.Unknown != 0 {
 		t.Fatalf("rolling restart: %s", v)
+	}
+}
+
+// logDuplicates names, for each duplicated message, its queue ID and when
+// each copy arrived, so the stage logs explain it: a copy ack_wait after
+// the first points at a lost ack, one at once at a consumer handing the
+// job out twice.
+func logDuplicates(t *testing.T, sink *testenv.Sink, v testenv.Verdict) {
+	dup := map[string]bool{}
+	for _, tok := range v.DupTokens {
+		dup[tok] = true
+	}
+	for _, m := range sink.Messages() {
+		if tok := testenv.LoadID(m); dup[tok] {
+			t.Logf("duplicate %s: msg_id %s arrived %s on connection %d", tok, m.QueueID(), m.At.Format("15:04:05.000"), m.Conn)
+		}
 	}
 }
 
