@@ -387,3 +387,105 @@ func dropFirstReply(t *testing.T, server string, match []byte) *replyDropper {
 	}()
 	return p
 }
+
+// A process whose broker.queue_shards differs from the queue on the broker
+// must not start while the queue holds jobs (it would publish to streams
+// no worker reads, or never read some that hold mail); with the queue
+// empty the layout changes. The CLI follows whatever is on the broker.
+func TestQueueShardsMustMatchTheBroker(t *testing.T) {
+	e := startTest(t, t.TempDir())
+	ctx := context.Background()
+	set := func(n int) Settings {
+		return Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: n}
+	}
+	c := connectTest(t, e)
+	if err := c.Provision(ctx, set(3)); err != nil {
+		t.Fatal(err)
+	}
+	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1, 2, 4} {
+		err := connectTest(t, e).Provision(ctx, set(n))
+		if !errors.Is(err, ErrShardMismatch) || !strings.Contains(err.Error(), "holding 1 jobs") {
+			t.Fatalf("queue_shards %d against 3 shards holding a job: %v", n, err)
+		}
+	}
+	cli := connectTest(t, e)
+	if err := cli.Bind(ctx, set(1)); err != nil || cli.Shards() != 3 {
+		t.Fatalf("Bind: %v, %d shards", err, cli.Shards())
+	}
+	if st, err := cli.QueueState(ctx); err != nil || st.Ready != 1 {
+		t.Fatalf("the CLI does not see the job: %+v %v", st, err)
+	}
+	if err := c.RetractJob(ctx, j); err != nil {
+		t.Fatal(err)
+	}
+	c2 := connectTest(t, e)
+	if err := c2.Provision(ctx, set(2)); err != nil {
+		t.Fatalf("changing the shards of an empty queue: %v", err)
+	}
+	if n, err := c2.shardsOnBroker(ctx); err != nil || n != 2 {
+		t.Fatalf("shards on the broker after the change: %d %v", n, err)
+	}
+	j2 := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	if err := c2.PublishJob(ctx, j2, []byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c2.QueueState(ctx); err != nil || st.Ready != 1 {
+		t.Fatalf("queue after the change: %+v %v", st, err)
+	}
+}
+
+// ConsumeJobs never handles more jobs at once than its concurrency, also
+// below the number of shards, and serves every shard.
+func TestConsumeJobsConcurrency(t *testing.T) {
+	for _, conc := range []int{1, 2, 5} {
+		t.Run(strconv.Itoa(conc), func(t *testing.T) {
+			c := provisioned(t) // 3 shards
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			const jobs = 12
+			shards := map[int]bool{}
+			for i := 0; i < jobs; i++ {
+				j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+				shards[c.shardOf(j)] = true
+				if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var mu sync.Mutex
+			busy, most, done := 0, 0, 0
+			finished := make(chan struct{})
+			go func() {
+				defer close(finished)
+				_ = c.ConsumeJobs(ctx, conc, func(_ context.Context, m *Msg) {
+					mu.Lock()
+					busy++
+					most = max(most, busy)
+					mu.Unlock()
+					time.Sleep(20 * time.Millisecond) // an attempt under way
+					if err := m.Ack(context.Background()); err != nil {
+						t.Error(err)
+					}
+					mu.Lock()
+					busy--
+					done++
+					if done == jobs {
+						cancel()
+					}
+					mu.Unlock()
+				})
+			}()
+			select {
+			case <-finished:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("only %d of %d jobs (in %d shards) handled", done, jobs, len(shards))
+			}
+			if most > conc {
+				t.Fatalf("%d jobs handled at once with concurrency %d", most, conc)
+			}
+		})
+	}
+}

@@ -73,8 +73,10 @@ func (m *Msg) InProgress() error { return m.m.InProgress() }
 // has returned; handle receives a context that is not cancelled with ctx,
 // so attempts in flight can finish (the handler bounds them itself).
 //
-// The loops are spread over the queue's shards (loop i serves shard i mod
-// the number of shards); every shard gets at least one.
+// The loops are spread over the queue's shards: with at least as many
+// loops as shards, loop i serves shard i mod the number of shards; with
+// fewer (concurrency below queue_shards), each loop takes turns over its
+// shards with short waits, so the limit holds and no shard is left out.
 func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(context.Context, *Msg)) error {
 	cons := make([]jetstream.Consumer, len(c.queues))
 	for i := range cons {
@@ -84,30 +86,41 @@ func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(c
 			return fmt.Errorf("delivery consumer of %s: %w", contracts.QueueStream(i), err)
 		}
 	}
+	loops := make([][]jetstream.Consumer, max(concurrency, 1))
+	for i := range max(len(loops), len(cons)) {
+		loops[i%len(loops)] = append(loops[i%len(loops)], cons[i%len(cons)])
+	}
 	var wg sync.WaitGroup
-	for i := 0; i < max(concurrency, len(cons)); i++ {
+	for _, mine := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.fetchLoop(ctx, cons[i%len(cons)], handle)
+			c.fetchLoop(ctx, mine, handle)
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
-func (c *Client) fetchLoop(ctx context.Context, cons jetstream.Consumer, handle func(context.Context, *Msg)) {
+// fetchLoop takes one job at a time from its consumers and handles it. A
+// loop with one consumer waits up to 30 s for a job; one with several
+// waits a moment on each in turn.
+func (c *Client) fetchLoop(ctx context.Context, cons []jetstream.Consumer, handle func(context.Context, *Msg)) {
+	wait := 30 * time.Second
+	if len(cons) > 1 {
+		wait = 250 * time.Millisecond
+	}
 	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		jm, err := cons.Next(jetstream.FetchContext(fctx))
+	for turn := 0; ctx.Err() == nil; turn++ {
+		fctx, cancel := context.WithTimeout(ctx, wait)
+		jm, err := cons[turn%len(cons)].Next(jetstream.FetchContext(fctx))
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || errors.Is(err, jetstream.ErrNoMessages) {
-				continue // nothing to do for 30s
+				continue // nothing to do on this shard for now
 			}
 			c.log.Warn().Err(err).Msg("fetching jobs failed, retrying")
 			select {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -164,6 +166,9 @@ func ScheduledCounterConfig(s Settings, shard int) jetstream.ConsumerConfig {
 // is waited for (bounded by ctx).
 func (c *Client) Provision(ctx context.Context, s Settings) error {
 	s.fill()
+	if err := c.checkShards(ctx, s.QueueShards); err != nil {
+		return err
+	}
 	c.set = s
 	c.queues = make([]jetstream.Stream, s.QueueShards)
 	type step struct {
@@ -239,6 +244,19 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 // layout a running relay depends on.
 func (c *Client) Bind(ctx context.Context, s Settings) error {
 	s.fill()
+	// The CLI follows the layout on the broker, whatever its own
+	// configuration says.
+	var have int
+	err := retryTransient(ctx, c, "queue streams", func(ctx context.Context) (err error) {
+		have, err = c.shardsOnBroker(ctx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("list queue streams: %w", err)
+	}
+	if have > 0 {
+		s.QueueShards = have
+	}
 	c.set = s
 	c.queues = make([]jetstream.Stream, s.QueueShards)
 	type step struct {
@@ -276,6 +294,100 @@ func (c *Client) Bind(ctx context.Context, s Settings) error {
 	}
 	c.setInlineLimit()
 	return nil
+}
+
+// ErrShardMismatch means broker.queue_shards differs from the number of
+// queue streams on the broker while they still hold jobs.
+var ErrShardMismatch = errors.New("broker.queue_shards does not match the queue on the broker")
+
+// shardsOnBroker counts the queue streams on the broker (0: none yet).
+func (c *Client) shardsOnBroker(ctx context.Context) (int, error) {
+	n := 0
+	names := c.js.StreamNames(ctx)
+	for name := range names.Name() {
+		k, err := strconv.Atoi(strings.TrimPrefix(name, contracts.StreamQueuePrefix))
+		if strings.HasPrefix(name, contracts.StreamQueuePrefix) && err == nil && k >= n {
+			n = k + 1
+		}
+	}
+	return n, names.Err()
+}
+
+// checkShards refuses a shard count that differs from the queue streams
+// already on the broker while any of them holds a job: a process with the
+// wrong count would publish to streams no worker reads, or never read some
+// that hold mail. With the queue empty the layout is changed: surplus
+// streams are deleted here, missing ones created by Provision.
+func (c *Client) checkShards(ctx context.Context, want int) error {
+	var have int
+	err := retryTransient(ctx, c, "queue streams", func(ctx context.Context) (err error) {
+		have, err = c.shardsOnBroker(ctx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("list queue streams: %w", err)
+	}
+	if have == 0 || have == want {
+		return nil
+	}
+	var jobs uint64
+	for shard := 0; shard < have; shard++ {
+		n, err := c.shardJobs(ctx, shard)
+		if err != nil {
+			return fmt.Errorf("queue depth of %s: %w", contracts.QueueStream(shard), err)
+		}
+		jobs += n
+	}
+	if jobs > 0 {
+		return fmt.Errorf("%w: it is %d, the broker's queue has %d shards holding %d jobs; set broker.queue_shards: %d in every process (it can change only while the queue is empty)",
+			ErrShardMismatch, want, have, jobs, have)
+	}
+	for shard := want; shard < have; shard++ {
+		err := retryTransient(ctx, c, "delete "+contracts.QueueStream(shard), func(ctx context.Context) error {
+			err := c.js.DeleteStream(ctx, contracts.QueueStream(shard))
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("delete surplus queue stream %s: %w", contracts.QueueStream(shard), err)
+		}
+	}
+	c.log.Warn().Int("from", have).Int("to", want).Msg("the queue was empty: changed the number of queue shards")
+	return nil
+}
+
+// shardJobs counts the jobs a queue stream holds: ready, in flight and
+// scheduled. A stream without its consumers (provisioning cut short)
+// counts every message it stores.
+func (c *Client) shardJobs(ctx context.Context, shard int) (uint64, error) {
+	stream := contracts.QueueStream(shard)
+	var jobs uint64
+	err := retryTransient(ctx, c, "queue depth of "+stream, func(ctx context.Context) error {
+		jobs = 0
+		for _, name := range []string{contracts.ConsumerDelivery, contracts.ConsumerScheduled} {
+			cons, err := c.js.Consumer(ctx, stream, name)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				info, err := c.js.Stream(ctx, stream)
+				if err != nil {
+					return err
+				}
+				jobs = info.CachedInfo().State.Msgs
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				return err
+			}
+			jobs += ci.NumPending + uint64(ci.NumAckPending)
+		}
+		return nil
+	})
+	return jobs, err
 }
 
 func (c *Client) setInlineLimit() {

@@ -484,6 +484,10 @@ func TestDestinationBackoff(t *testing.T) {
 	cfg := smarthostConfig(t, sink)
 	cfg.Delivery.DestinationBackoff = config.Duration(time.Hour)
 	cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Hour)}
+	// One attempt at a time: attempts already under way when the first
+	// 421 arrives each have their own connection (as with Postfix's
+	// initial destination concurrency); this test is about what follows.
+	cfg.Delivery.Concurrency = 1
 	relay := testenv.StartRelay(t, cfg, app.Options{})
 	for i := 0; i < 10; i++ {
 		if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{fmt.Sprintf("u%d@example.test", i)}, Data: testenv.RFC5322("b", testenv.Body(100))}); err != nil {
