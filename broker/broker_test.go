@@ -83,7 +83,7 @@ func TestEmbeddedRequiresCredentials(t *testing.T) {
 
 func TestProvisionIsIdempotentAndConcurrent(t *testing.T) {
 	e := startTest(t, t.TempDir())
-	s := Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second}
+	s := Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 4}
 	var wg sync.WaitGroup
 	errs := make(chan error, 6)
 	for i := 0; i < 6; i++ {

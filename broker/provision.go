@@ -179,31 +179,31 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 	for i := 0; i < s.QueueShards; i++ {
 		steps = append(steps,
 			step{"stream " + contracts.QueueStream(i), func(ctx context.Context) error {
-				st, err := c.js.CreateOrUpdateStream(ctx, s.QueueStreamConfig(i))
+				st, err := c.ensureStream(ctx, s.QueueStreamConfig(i))
 				if err == nil {
 					c.queues[i] = st
 				}
 				return err
 			}},
 			step{contracts.QueueStream(i) + " consumer " + contracts.ConsumerDelivery, func(ctx context.Context) error {
-				_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.QueueStream(i), s.DeliveryConsumerConfig(i))
+				_, err := c.ensureConsumer(ctx, contracts.QueueStream(i), s.DeliveryConsumerConfig(i))
 				return err
 			}},
 			step{contracts.QueueStream(i) + " consumer " + contracts.ConsumerScheduled, func(ctx context.Context) error {
-				_, err := c.js.CreateOrUpdateConsumer(ctx, contracts.QueueStream(i), ScheduledCounterConfig(s, i))
+				_, err := c.ensureConsumer(ctx, contracts.QueueStream(i), ScheduledCounterConfig(s, i))
 				return err
 			}})
 	}
 	steps = append(steps, []step{
 		{"stream " + contracts.StreamDeadLetter, func(ctx context.Context) error {
-			st, err := c.js.CreateOrUpdateStream(ctx, s.DeadLetterStreamConfig())
+			st, err := c.ensureStream(ctx, s.DeadLetterStreamConfig())
 			if err == nil {
 				c.dlq = st
 			}
 			return err
 		}},
 		{"object store " + contracts.BucketBodies, func(ctx context.Context) error {
-			obs, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			obs, err := c.ensureObjectStore(ctx, jetstream.ObjectStoreConfig{
 				Bucket:      contracts.BucketBodies,
 				Description: "jetrelay message bodies above the inline limit",
 				TTL:         s.QueueMaxAge,
@@ -216,7 +216,7 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 			return err
 		}},
 		{"key-value " + contracts.BucketBodyRefs, func(ctx context.Context) error {
-			kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			kv, err := c.ensureKeyValue(ctx, jetstream.KeyValueConfig{
 				Bucket:      contracts.BucketBodyRefs,
 				Description: "jetrelay: which jobs and dead letters still need each body object",
 				History:     1,
@@ -296,6 +296,46 @@ func (c *Client) Bind(ctx context.Context, s Settings) error {
 	return nil
 }
 
+// ensureStream creates a stream, or updates it when its configuration
+// changed. Creating one that exists with the same configuration succeeds
+// without touching it: the common case at every start, and the safe one
+// when several processes start at once (an update rewrites the stream's
+// configuration while others may be reading it).
+func (c *Client) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	st, err := c.js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return c.js.UpdateStream(ctx, cfg)
+	}
+	return st, err
+}
+
+// ensureConsumer is ensureStream for a consumer.
+func (c *Client) ensureConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cons, err := c.js.CreateConsumer(ctx, stream, cfg)
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		return c.js.UpdateConsumer(ctx, stream, cfg)
+	}
+	return cons, err
+}
+
+// ensureObjectStore is ensureStream for an object store bucket.
+func (c *Client) ensureObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	obs, err := c.js.CreateObjectStore(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return c.js.UpdateObjectStore(ctx, cfg)
+	}
+	return obs, err
+}
+
+// ensureKeyValue is ensureStream for a key-value bucket.
+func (c *Client) ensureKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := c.js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		return c.js.UpdateKeyValue(ctx, cfg)
+	}
+	return kv, err
+}
+
 // ErrShardMismatch means broker.queue_shards differs from the number of
 // queue streams on the broker while they still hold jobs.
 var ErrShardMismatch = errors.New("broker.queue_shards does not match the queue on the broker")
@@ -359,8 +399,9 @@ func (c *Client) checkShards(ctx context.Context, want int) error {
 }
 
 // shardJobs counts the jobs a queue stream holds: ready, in flight and
-// scheduled. A stream without its consumers (provisioning cut short)
-// counts every message it stores.
+// scheduled. A stream without its consumers (provisioning cut short, or
+// under way in another process that starts at the same time) counts every
+// message it stores; one that is not there (yet) counts none.
 func (c *Client) shardJobs(ctx context.Context, shard int) (uint64, error) {
 	stream := contracts.QueueStream(shard)
 	var jobs uint64
@@ -368,8 +409,17 @@ func (c *Client) shardJobs(ctx context.Context, shard int) (uint64, error) {
 		jobs = 0
 		for _, name := range []string{contracts.ConsumerDelivery, contracts.ConsumerScheduled} {
 			cons, err := c.js.Consumer(ctx, stream, name)
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				// another process is creating (or deleting) it right now
+				jobs = 0
+				return nil
+			}
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
 				info, err := c.js.Stream(ctx, stream)
+				if errors.Is(err, jetstream.ErrStreamNotFound) {
+					jobs = 0
+					return nil
+				}
 				if err != nil {
 					return err
 				}
