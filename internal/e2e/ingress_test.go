@@ -361,6 +361,8 @@ func TestSlowUploadAndLimits(t *testing.T) {
 		c.Ingress.MaxMessageBytes = 26214400
 	})
 	body := testenv.RFC5322("trickle", testenv.Body(25<<20-4096))
+	// built now: under -race that takes longer than the read timeout
+	tooBig := testenv.RFC5322("too big", testenv.Body(26214400+1000))
 	c, _ := testenv.DialRaw(t, f.addr(), "")
 	c.Expect(250, "EHLO c")
 	c.Expect(250, "MAIL FROM:<a@client.test>")
@@ -387,7 +389,7 @@ func TestSlowUploadAndLimits(t *testing.T) {
 	c.Expect(250, "MAIL FROM:<a@client.test>")
 	c.Expect(250, "RCPT TO:<ops@example.test>")
 	c.Expect(354, "DATA")
-	c.Write(testenv.RFC5322("too big", testenv.Body(26214400+1000)))
+	c.Write(tooBig)
 	if r := c.Cmd("."); r.Code != 552 || r.Enh != "5.3.4" {
 		t.Fatalf("oversize: %s", r)
 	}
