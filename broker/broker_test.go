@@ -388,10 +388,11 @@ func dropFirstReply(t *testing.T, server string, match []byte) *replyDropper {
 	return p
 }
 
-// A process whose broker.queue_shards differs from the queue on the broker
-// must not start while the queue holds jobs (it would publish to streams
-// no worker reads, or never read some that hold mail); with the queue
-// empty the layout changes. The CLI follows whatever is on the broker.
+// A process whose broker.queue_shards differs from the queue's layout on
+// the broker must not start (it would publish to streams no worker reads,
+// or never read some that hold mail), empty queue or not. Only Reshard
+// changes the layout, and only with the queue empty and no worker
+// attached. The CLI follows whatever is on the broker.
 func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	e := startTest(t, t.TempDir())
 	ctx := context.Background()
@@ -402,15 +403,15 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if err := c.Provision(ctx, set(3)); err != nil {
 		t.Fatal(err)
 	}
+	for _, n := range []int{1, 2, 4} {
+		err := connectTest(t, e).Provision(ctx, set(n))
+		if !errors.Is(err, ErrShardMismatch) || !strings.Contains(err.Error(), "has 3 shards") {
+			t.Fatalf("queue_shards %d against an empty queue of 3 shards: %v", n, err)
+		}
+	}
 	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
 	if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
 		t.Fatal(err)
-	}
-	for _, n := range []int{1, 2, 4} {
-		err := connectTest(t, e).Provision(ctx, set(n))
-		if !errors.Is(err, ErrShardMismatch) || !strings.Contains(err.Error(), "holding 1 jobs") {
-			t.Fatalf("queue_shards %d against 3 shards holding a job: %v", n, err)
-		}
 	}
 	cli := connectTest(t, e)
 	if err := cli.Bind(ctx, set(1)); err != nil || cli.Shards() != 3 {
@@ -419,22 +420,71 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if st, err := cli.QueueState(ctx); err != nil || st.Ready != 1 {
 		t.Fatalf("the CLI does not see the job: %+v %v", st, err)
 	}
+	if err := connectTest(t, e).Reshard(ctx, set(2)); !errors.Is(err, ErrQueueBusy) || !strings.Contains(err.Error(), "1 jobs") {
+		t.Fatalf("reshard with a job queued: %v", err)
+	}
 	if err := c.RetractJob(ctx, j); err != nil {
 		t.Fatal(err)
 	}
-	c2 := connectTest(t, e)
-	if err := c2.Provision(ctx, set(2)); err != nil {
-		t.Fatalf("changing the shards of an empty queue: %v", err)
+	// a worker attached: its waiting fetch shows on the broker
+	wctx, stopWorker := context.WithCancel(ctx)
+	worker := connectTest(t, e)
+	if err := worker.Provision(ctx, set(3)); err != nil {
+		t.Fatal(err)
 	}
+	workerDone := make(chan struct{})
+	go func() {
+		defer close(workerDone)
+		_ = worker.ConsumeJobs(wctx, 3, func(context.Context, *Msg) {})
+	}()
+	admin := connectTest(t, e)
+	eventually(t, 10*time.Second, func() bool {
+		err := admin.Reshard(ctx, set(2))
+		return errors.Is(err, ErrQueueBusy) && strings.Contains(err.Error(), "workers are attached")
+	}, "Reshard did not notice the attached worker")
+	stopWorker()
+	<-workerDone
+	worker.Close() // its fetches end with its connection
+	c2 := connectTest(t, e)
+	eventually(t, 10*time.Second, func() bool { return c2.Reshard(ctx, set(2)) == nil }, "Reshard of an empty, idle queue failed")
 	if n, err := c2.shardsOnBroker(ctx); err != nil || n != 2 {
 		t.Fatalf("shards on the broker after the change: %d %v", n, err)
 	}
-	j2 := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
-	if err := c2.PublishJob(ctx, j2, []byte("body\r\n")); err != nil {
+	if err := connectTest(t, e).Provision(ctx, set(2)); err != nil {
+		t.Fatalf("a process with the new count: %v", err)
+	}
+	if err := connectTest(t, e).Provision(ctx, set(3)); !errors.Is(err, ErrShardMismatch) {
+		t.Fatalf("a process with the old count: %v", err)
+	}
+	// growing works the same way
+	if err := connectTest(t, e).Reshard(ctx, set(5)); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := c2.QueueState(ctx); err != nil || st.Ready != 1 {
+	if n, err := connectTest(t, e).layoutOnBroker(ctx); err != nil || n != 5 {
+		t.Fatalf("layout after growing: %d %v", n, err)
+	}
+	j2 := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	c5 := connectTest(t, e)
+	if err := c5.Provision(ctx, set(5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c5.PublishJob(ctx, j2, []byte("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c5.QueueState(ctx); err != nil || st.Ready != 1 {
 		t.Fatalf("queue after the change: %+v %v", st, err)
+	}
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -53,6 +54,8 @@ type Client struct {
 	bodies  jetstream.ObjectStore
 	refs    jetstream.KeyValue
 	maxData int // largest inline body that fits a message with its envelope
+
+	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
 }
 
 // Connect opens the connection. It does not provision; call Provision (the

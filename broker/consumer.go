@@ -76,7 +76,8 @@ func (m *Msg) InProgress() error { return m.m.InProgress() }
 // The loops are spread over the queue's shards: with at least as many
 // loops as shards, loop i serves shard i mod the number of shards; with
 // fewer (concurrency below queue_shards), each loop takes turns over its
-// shards with short waits, so the limit holds and no shard is left out.
+// shards, so the limit holds and no shard is left out (a job may then
+// wait a few seconds for its turn).
 func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(context.Context, *Msg)) error {
 	cons := make([]jetstream.Consumer, len(c.queues))
 	for i := range cons {
@@ -104,11 +105,13 @@ func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(c
 
 // fetchLoop takes one job at a time from its consumers and handles it. A
 // loop with one consumer waits up to 30 s for a job; one with several
-// waits a moment on each in turn.
+// waits up to 2 s on each in turn. The broker's side of a fetch expires a
+// tenth of the wait before the client stops listening: a job sent at the
+// last moment must still find the loop there, or it sits out an AckWait.
 func (c *Client) fetchLoop(ctx context.Context, cons []jetstream.Consumer, handle func(context.Context, *Msg)) {
 	wait := 30 * time.Second
 	if len(cons) > 1 {
-		wait = 250 * time.Millisecond
+		wait = 2 * time.Second
 	}
 	backoff := 100 * time.Millisecond
 	for turn := 0; ctx.Err() == nil; turn++ {

@@ -99,14 +99,25 @@ func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 	return st, nil
 }
 
+// consumerInfo asks for a queue consumer's state: one request, the
+// consumer handle being kept from the first call.
 func (c *Client) consumerInfo(ctx context.Context, shard int, name string) (*jetstream.ConsumerInfo, error) {
 	stream := contracts.QueueStream(shard)
-	cons, err := c.js.Consumer(ctx, stream, name)
-	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s of %s: %v", ErrUnavailable, name, stream, err)
+	key := stream + "/" + name
+	var cons jetstream.Consumer
+	if v, ok := c.consumers.Load(key); ok {
+		cons = v.(jetstream.Consumer)
+	} else {
+		var err error
+		cons, err = c.js.Consumer(ctx, stream, name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: consumer %s of %s: %v", ErrUnavailable, name, stream, err)
+		}
+		c.consumers.Store(key, cons)
 	}
 	ci, err := cons.Info(ctx)
 	if err != nil {
+		c.consumers.Delete(key)
 		return nil, fmt.Errorf("%w: consumer %s of %s: %v", ErrUnavailable, name, stream, err)
 	}
 	return ci, nil

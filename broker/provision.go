@@ -104,8 +104,14 @@ func (s Settings) QueueStreamConfig(shard int) jetstream.StreamConfig {
 		AllowDirect:       true,
 		AllowMsgTTL:       true,
 		AllowMsgSchedules: true,
+		// The layout every process must agree on, on every shard.
+		Metadata: map[string]string{metaQueueShards: strconv.Itoa(s.QueueShards)},
 	}
 }
+
+// metaQueueShards is the queue streams' metadata key that records how many
+// shards the queue has.
+const metaQueueShards = "jetrelay.queue_shards"
 
 // DeadLetterStreamConfig keeps dead letters for the retention period.
 func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
@@ -169,6 +175,10 @@ func (c *Client) Provision(ctx context.Context, s Settings) error {
 	if err := c.checkShards(ctx, s.QueueShards); err != nil {
 		return err
 	}
+	return c.provision(ctx, s)
+}
+
+func (c *Client) provision(ctx context.Context, s Settings) error {
 	c.set = s
 	c.queues = make([]jetstream.Stream, s.QueueShards)
 	type step struct {
@@ -246,13 +256,9 @@ func (c *Client) Bind(ctx context.Context, s Settings) error {
 	s.fill()
 	// The CLI follows the layout on the broker, whatever its own
 	// configuration says.
-	var have int
-	err := retryTransient(ctx, c, "queue streams", func(ctx context.Context) (err error) {
-		have, err = c.shardsOnBroker(ctx)
-		return err
-	})
+	have, err := c.layoutOnBroker(ctx)
 	if err != nil {
-		return fmt.Errorf("list queue streams: %w", err)
+		return err
 	}
 	if have > 0 {
 		s.QueueShards = have
@@ -353,36 +359,87 @@ func (c *Client) shardsOnBroker(ctx context.Context) (int, error) {
 	return n, names.Err()
 }
 
-// checkShards refuses a shard count that differs from the queue streams
-// already on the broker while any of them holds a job: a process with the
-// wrong count would publish to streams no worker reads, or never read some
-// that hold mail. With the queue empty the layout is changed: surplus
-// streams are deleted here, missing ones created by Provision.
+// layoutOnBroker is the number of queue shards recorded on the broker (0:
+// no queue yet). Every shard records the count it was created with, so a
+// queue that another process is still creating reads right.
+func (c *Client) layoutOnBroker(ctx context.Context) (int, error) {
+	n := 0
+	err := retryTransient(ctx, c, "queue layout", func(ctx context.Context) error {
+		n = 0
+		count, err := c.shardsOnBroker(ctx)
+		if err != nil || count == 0 {
+			return err
+		}
+		for shard := 0; shard < count; shard++ {
+			st, err := c.js.Stream(ctx, contracts.QueueStream(shard))
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if v, err := strconv.Atoi(st.CachedInfo().Config.Metadata[metaQueueShards]); err == nil && v > 0 {
+				n = v
+				return nil
+			}
+		}
+		n = count
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("queue layout on the broker: %w", err)
+	}
+	return n, nil
+}
+
+// checkShards refuses a shard count that differs from the queue's layout
+// on the broker: a process with another count would publish to streams no
+// worker reads, or never read some that hold mail. Only Reshard changes
+// the layout.
 func (c *Client) checkShards(ctx context.Context, want int) error {
-	var have int
+	have, err := c.layoutOnBroker(ctx)
+	if err != nil {
+		return err
+	}
+	if have == 0 || have == want {
+		return nil
+	}
+	return fmt.Errorf("%w: it is %d, the queue on the broker has %d shards; set broker.queue_shards: %d in every process, or stop every ingress and delivery process and run `jetrelay queue reshard %d`",
+		ErrShardMismatch, want, have, have, want)
+}
+
+// ErrQueueBusy means Reshard found jobs in the queue or workers attached.
+var ErrQueueBusy = errors.New("the queue is in use")
+
+// Reshard changes the number of queue shards to s.QueueShards. The queue
+// must be empty and no delivery worker attached (their waiting fetches
+// show on the broker); ingresses must be stopped too, which the broker
+// cannot see. It deletes the surplus shards, then provisions the layout.
+func (c *Client) Reshard(ctx context.Context, s Settings) error {
+	s.fill()
+	var count int
 	err := retryTransient(ctx, c, "queue streams", func(ctx context.Context) (err error) {
-		have, err = c.shardsOnBroker(ctx)
+		count, err = c.shardsOnBroker(ctx)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("list queue streams: %w", err)
 	}
-	if have == 0 || have == want {
-		return nil
-	}
 	var jobs uint64
-	for shard := 0; shard < have; shard++ {
-		n, err := c.shardJobs(ctx, shard)
+	for shard := 0; shard < count; shard++ {
+		n, waiting, err := c.shardUse(ctx, shard)
 		if err != nil {
 			return fmt.Errorf("queue depth of %s: %w", contracts.QueueStream(shard), err)
+		}
+		if waiting > 0 {
+			return fmt.Errorf("%w: delivery workers are attached to %s; stop every ingress and delivery process first", ErrQueueBusy, contracts.QueueStream(shard))
 		}
 		jobs += n
 	}
 	if jobs > 0 {
-		return fmt.Errorf("%w: it is %d, the broker's queue has %d shards holding %d jobs; set broker.queue_shards: %d in every process (it can change only while the queue is empty)",
-			ErrShardMismatch, want, have, jobs, have)
+		return fmt.Errorf("%w: %d jobs are queued; let them be delivered (or move them with `jetrelay queue delete`) first", ErrQueueBusy, jobs)
 	}
-	for shard := want; shard < have; shard++ {
+	for shard := s.QueueShards; shard < count; shard++ {
 		err := retryTransient(ctx, c, "delete "+contracts.QueueStream(shard), func(ctx context.Context) error {
 			err := c.js.DeleteStream(ctx, contracts.QueueStream(shard))
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -394,36 +451,35 @@ func (c *Client) checkShards(ctx context.Context, want int) error {
 			return fmt.Errorf("delete surplus queue stream %s: %w", contracts.QueueStream(shard), err)
 		}
 	}
-	c.log.Warn().Int("from", have).Int("to", want).Msg("the queue was empty: changed the number of queue shards")
+	if err := c.provision(ctx, s); err != nil {
+		return err
+	}
+	c.log.Warn().Int("from", count).Int("to", s.QueueShards).Msg("changed the number of queue shards")
 	return nil
 }
 
-// shardJobs counts the jobs a queue stream holds: ready, in flight and
-// scheduled. A stream without its consumers (provisioning cut short, or
-// under way in another process that starts at the same time) counts every
-// message it stores; one that is not there (yet) counts none.
-func (c *Client) shardJobs(ctx context.Context, shard int) (uint64, error) {
+// shardUse counts the jobs a queue stream holds (ready, in flight and
+// scheduled) and the fetches waiting on its delivery consumer (attached
+// workers). A stream without its consumers (provisioning cut short)
+// counts every message it stores.
+func (c *Client) shardUse(ctx context.Context, shard int) (jobs uint64, waiting int, err error) {
 	stream := contracts.QueueStream(shard)
-	var jobs uint64
-	err := retryTransient(ctx, c, "queue depth of "+stream, func(ctx context.Context) error {
-		jobs = 0
+	err = retryTransient(ctx, c, "queue depth of "+stream, func(ctx context.Context) error {
+		jobs, waiting = 0, 0
 		for _, name := range []string{contracts.ConsumerDelivery, contracts.ConsumerScheduled} {
 			cons, err := c.js.Consumer(ctx, stream, name)
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				// another process is creating (or deleting) it right now
-				jobs = 0
 				return nil
 			}
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
-				info, err := c.js.Stream(ctx, stream)
+				st, err := c.js.Stream(ctx, stream)
 				if errors.Is(err, jetstream.ErrStreamNotFound) {
-					jobs = 0
 					return nil
 				}
 				if err != nil {
 					return err
 				}
-				jobs = info.CachedInfo().State.Msgs
+				jobs = st.CachedInfo().State.Msgs
 				return nil
 			}
 			if err != nil {
@@ -434,10 +490,11 @@ func (c *Client) shardJobs(ctx context.Context, shard int) (uint64, error) {
 				return err
 			}
 			jobs += ci.NumPending + uint64(ci.NumAckPending)
+			waiting += ci.NumWaiting
 		}
 		return nil
 	})
-	return jobs, err
+	return jobs, waiting, err
 }
 
 func (c *Client) setInlineLimit() {

@@ -67,6 +67,11 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 	return nil
 }
 
+// jsErrCodeDuplicateInProcess is a clustered stream's answer to a copy of a
+// message whose first copy is still being replicated ("duplicate message
+// id is in process", 409): not a refusal, the outcome is still pending.
+const jsErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
+
 // publishIdempotent publishes a message that carries a de-duplication ID
 // and waits for the broker's acknowledgement, within PublishTimeout. An
 // attempt that gets no answer in time is in doubt: the broker may have
@@ -76,7 +81,7 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 // answers "duplicate" for a copy it already has. So a publish that
 // returns an error has most likely stored nothing, and one that returns
 // nil stored exactly one copy. Errors the broker answered with (a wrong
-// stream, a message too large) are not retried.
+// stream, a message too large) are not retried, except "in process".
 func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) error {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
@@ -88,14 +93,17 @@ func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jet
 		_, err := c.js.PublishMsg(actx, m, opts...)
 		acancel()
 		var apiErr *jetstream.APIError
+		inProcess := errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeDuplicateInProcess
 		switch {
 		case err == nil:
 			return nil
-		case errors.As(err, &apiErr), errors.Is(err, nats.ErrConnectionClosed), ctx.Err() != nil:
+		case !inProcess && apiErr != nil, errors.Is(err, nats.ErrConnectionClosed), ctx.Err() != nil:
 			return err
 		case !errors.Is(err, context.DeadlineExceeded):
 			// No stream leader right now (an election), the connection
-			// reconnecting: wait a moment before the next try.
+			// reconnecting, or (on a cluster) the first copy still being
+			// replicated: wait a moment before the next try, whose answer
+			// is "stored" or "duplicate".
 			select {
 			case <-ctx.Done():
 				return err

@@ -206,6 +206,14 @@ func (w *Worker) housekeeping(ctx context.Context) {
 // once they are older than purgeAfter.
 func (w *Worker) purgeDelivered(ctx context.Context, last []uint64, now time.Time) []uint64 {
 	const purgeAfter = 2 * time.Second
+	w.mu.Lock()
+	idle := len(w.acked) == 0
+	w.mu.Unlock()
+	if idle {
+		// Nothing of ours waits for a purge: the workers that acknowledged
+		// jobs purge them, and an idle worker asks the broker nothing.
+		return last
+	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	floors, err := w.b.PurgeDelivered(pctx, last)
@@ -618,8 +626,10 @@ func (w *Worker) retryPublish(ctx context.Context, f func(context.Context) (int,
 // ack acknowledges a finished job, retrying with short timeouts for up to
 // an AckWait: while the consumer's leader moves (a broker node restarting)
 // acks get no answer, and a job whose ack is lost is handed out again and
-// delivered twice. Acks are idempotent, and one that arrives after the job
-// was handed out again still spares the next delivery its ack.
+// delivered twice. Acks are idempotent. An ack that lands only after the
+// job was handed out again no longer prevents that duplicate, but it does
+// stop a third delivery; meanwhile the job's slot stays taken, which is
+// what a worker whose broker is unreachable should do anyway.
 func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
 	deadline := time.Now().Add(w.opts.AckWait)
 	var err error

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/jetrelay/jetrelay/internal/queuectl"
 	"github.com/spf13/cobra"
@@ -97,7 +98,7 @@ func newQueueCmd(g *globals) *cobra.Command {
 		Use:   "queue",
 		Short: "Inspect and control the live queue (mailq, postcat, postqueue -f, postsuper -d)",
 	}
-	cmd.AddCommand(newQueueListCmd(g), newQueueShowCmd(g), newQueueRetryCmd(g), newQueueDeleteCmd(g))
+	cmd.AddCommand(newQueueListCmd(g), newQueueShowCmd(g), newQueueRetryCmd(g), newQueueDeleteCmd(g), newQueueReshardCmd(g))
 	return cmd
 }
 
@@ -362,6 +363,43 @@ func newQueueDeleteCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&all, "all", false, "every job in the queue")
 	cmd.Flags().BoolVar(&purge, "purge", false, "drop the jobs outright, without a dead letter")
 	return cmd
+}
+
+func newQueueReshardCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reshard N",
+		Short: "Change the number of queue streams (broker.queue_shards) of an empty, stopped relay",
+		Long: `reshard changes how many streams the live queue is spread over. Every
+ingress and delivery process must be stopped and the queue empty (the
+broker's own process, or jetrelay broker nodes, keep running); reshard
+refuses while jobs are queued or a delivery worker is attached. Then set
+broker.queue_shards: N in every process's configuration and start them:
+a process with another value refuses to start.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 || n > 32 {
+				return fmt.Errorf("N must be a number from 1 to 32")
+			}
+			ctx := cmd.Context()
+			bc, cfg, err := g.adminConn(ctx)
+			if err != nil {
+				return err
+			}
+			defer bc.Close()
+			from := bc.Shards()
+			set := app.BrokerSettings(cfg)
+			set.QueueShards = n
+			if err := bc.Reshard(ctx, set); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "the queue now has %d shards (was %d)\n", n, from)
+			if cfg.Broker.QueueShards != n {
+				fmt.Fprintf(g.stderr, "set broker.queue_shards: %d in every process's configuration before starting them\n", n)
+			}
+			return nil
+		},
+	}
 }
 
 var errNoSelection = errors.New("name entries, give a filter, or use --all")

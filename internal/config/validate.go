@@ -56,8 +56,8 @@ func (c *Config) Validate() error {
 	if c.Broker.Replicas < 1 || c.Broker.Replicas > 5 {
 		add("broker.replicas", "must be between 1 and 5, got %d", c.Broker.Replicas)
 	}
-	if c.Broker.QueueShards < 1 || c.Broker.QueueShards > 64 {
-		add("broker.queue_shards", "must be between 1 and 64, got %d", c.Broker.QueueShards)
+	if c.Broker.QueueShards < 1 || c.Broker.QueueShards > 32 {
+		add("broker.queue_shards", "must be between 1 and 32, got %d", c.Broker.QueueShards)
 	}
 	if c.Broker.SyncInterval != "always" {
 		if _, err := time.ParseDuration(c.Broker.SyncInterval); err != nil {

@@ -488,6 +488,7 @@ func TestDestinationBackoff(t *testing.T) {
 	// 421 arrives each have their own connection (as with Postfix's
 	// initial destination concurrency); this test is about what follows.
 	cfg.Delivery.Concurrency = 1
+	cfg.Broker.QueueShards = 1
 	relay := testenv.StartRelay(t, cfg, app.Options{})
 	for i := 0; i < 10; i++ {
 		if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{fmt.Sprintf("u%d@example.test", i)}, Data: testenv.RFC5322("b", testenv.Body(100))}); err != nil {

@@ -305,6 +305,26 @@ func TestQueueListRetryDelete(t *testing.T) {
 	}
 }
 
+// queue reshard refuses while the relay serves (its worker is attached);
+// the broker tests cover the change itself.
+func TestQueueReshardRefusedWhileServing(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	relay := testenv.StartRelay(t, smarthostConfig(t, sink), app.Options{})
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, errs, code := jr(t, relay, "queue", "reshard", "2")
+		return code == 1 && strings.Contains(errs, "delivery workers are attached")
+	}, "reshard did not refuse a serving relay")
+	if _, errs, code := jr(t, relay, "queue", "reshard", "0"); code == 0 || !strings.Contains(errs, "from 1 to 32") {
+		t.Fatalf("reshard 0: exit %d, %s", code, errs)
+	}
+	if st := relay.State(); !st.Empty() {
+		t.Fatalf("queue state %+v", st)
+	}
+	if out := mustJR(t, relay, "queue", "list"); !strings.Contains(out, "queue is empty") {
+		t.Fatalf("queue list after a refused reshard:\n%s", out)
+	}
+}
+
 // purge by age, and retention: expired dead letters and their bodies go
 // away, and the body store returns to its baseline.
 func TestDeadLetterPurgeAndRetention(t *testing.T) {
