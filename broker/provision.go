@@ -360,8 +360,10 @@ func (c *Client) shardsOnBroker(ctx context.Context) (int, error) {
 }
 
 // layoutOnBroker is the number of queue shards recorded on the broker (0:
-// no queue yet). Every shard records the count it was created with, so a
-// queue that another process is still creating reads right.
+// no queue yet, or none readable right now). Every shard records the count
+// it was created with, so a queue that another process is still creating
+// reads right. A shard that cannot be read is skipped, never guessed at:
+// a node that has just restarted may not see every stream yet.
 func (c *Client) layoutOnBroker(ctx context.Context) (int, error) {
 	n := 0
 	err := retryTransient(ctx, c, "queue layout", func(ctx context.Context) error {
@@ -383,7 +385,6 @@ func (c *Client) layoutOnBroker(ctx context.Context) (int, error) {
 				return nil
 			}
 		}
-		n = count
 		return nil
 	})
 	if err != nil {
