@@ -109,6 +109,11 @@ func TestLogger(t testing.TB) zerolog.Logger {
 	if testing.Verbose() {
 		lvl = zerolog.DebugLevel
 	}
+	if _, ok := t.(*testing.B); ok {
+		// Benchmarks measure the relay, not the test log: warnings only,
+		// as in bench/compare.sh.
+		lvl = zerolog.WarnLevel
+	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
 
