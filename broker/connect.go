@@ -69,6 +69,12 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
+		// No buffering while reconnecting: a publish, ack or fetch fails at
+		// once and the caller retries it (with the same message ID). A
+		// buffered publish would be sent on the next connection, after
+		// its caller timed out and the client was told 451: a copy nobody
+		// accounts for, and a duplicate once the client sends again.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn().Err(err).Msg("disconnected from broker")

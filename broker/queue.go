@@ -73,37 +73,50 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 const jsErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 // publishIdempotent publishes a message that carries a de-duplication ID
-// and waits for the broker's acknowledgement, within PublishTimeout. An
-// attempt that gets no answer in time is in doubt: the broker may have
-// stored the message and lost the reply (the node the client talks to
-// going away, a leader moving). It is sent again, with the same ID, until
-// an acknowledgement arrives; the stream stores it at most once and
-// answers "duplicate" for a copy it already has. So a publish that
-// returns an error has most likely stored nothing, and one that returns
-// nil stored exactly one copy. Errors the broker answered with (a wrong
-// stream, a message too large) are not retried, except "in process".
+// and waits for the broker's acknowledgement. An attempt that was sent and
+// got no answer is in doubt: the broker may have stored the message and
+// lost the reply (the node the client talks to going away, a stream leader
+// dying before it answered). It is sent again, with the same ID, until an
+// answer arrives; the stream stores it at most once and answers
+// "duplicate" for a copy it already has. Attempts that could not leave
+// (reconnecting) or that nobody received (no stream leader: an election)
+// are retried too, after a short wait.
+//
+// The budget is PublishTimeout, and up to three times that while a copy
+// is in doubt: an election after a stream leader dies takes several
+// seconds, and the client waiting a little longer for its 250 is better
+// than a 451 for a message that was stored (which it would send again).
+// So a publish that returns an error has most likely stored nothing, and
+// one that returns nil stored exactly one copy. Errors the broker answered
+// with (a wrong stream, a message too large) are final, except "in
+// process", which is still in doubt.
 func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) error {
-	ctx, cancel := c.withTimeout(ctx)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 3*c.set.PublishTimeout)
 	defer cancel()
 	// Long enough for a busy broker's fsync, short enough to leave room
 	// for a try after the client moved to another node.
 	per := max(c.set.PublishTimeout/3, time.Second)
+	doubt := false
 	for try := 1; ; try++ {
 		actx, acancel := context.WithTimeout(ctx, per)
 		_, err := c.js.PublishMsg(actx, m, opts...)
 		acancel()
 		var apiErr *jetstream.APIError
 		inProcess := errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeDuplicateInProcess
+		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		doubt = doubt || inProcess || unanswered
 		switch {
 		case err == nil:
 			return nil
 		case !inProcess && apiErr != nil, errors.Is(err, nats.ErrConnectionClosed), ctx.Err() != nil:
 			return err
-		case !errors.Is(err, context.DeadlineExceeded):
+		case !doubt && time.Since(start) >= c.set.PublishTimeout:
+			return err // nothing was ever sent, or nobody received it
+		case !unanswered:
 			// No stream leader right now (an election), the connection
 			// reconnecting, or (on a cluster) the first copy still being
-			// replicated: wait a moment before the next try, whose answer
-			// is "stored" or "duplicate".
+			// replicated: wait a moment before the next try.
 			select {
 			case <-ctx.Done():
 				return err
