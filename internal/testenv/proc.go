@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -65,15 +66,59 @@ func moduleRoot() string {
 	return dir
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago and that
+// no other call in this test process has returned.
+//
+// The port lies outside the kernel's ephemeral range, because tests stop
+// processes and start them again on the same addresses: a port taken from
+// that range (as "127.0.0.1:0" does) can meanwhile become the source port
+// of an outgoing connection - a NATS route redialling the stopped node -
+// and the restarted process then fails with "address already in use".
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo, hi := portRange()
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		p := lo + rand.IntN(hi-lo+1)
+		if portsGiven[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsGiven[p] = true
+		return p
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free loopback port in %d-%d", lo, hi)
+	return 0
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// portRange is where FreePort looks: below the ephemeral range when that
+// leaves room (Linux: 32768-60999, so 10000-32767), else above it.
+func portRange() (lo, hi int) {
+	elo, ehi := 32768, 60999 // Linux's default
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var a, z int
+		if n, _ := fmt.Sscan(string(b), &a, &z); n == 2 && a > 0 && z >= a {
+			elo, ehi = a, z
+		}
+	}
+	switch {
+	case elo > 11000:
+		return 10000, elo - 1
+	case ehi < 64000:
+		return ehi + 1, 65535
+	default: // the whole range is ephemeral: nothing better to do
+		return 1024, 65535
+	}
 }
 
 // Proc is a jetrelay process started by a test.
