@@ -17,6 +17,9 @@
 //   - One reply funnel. Every error a session method returns goes through
 //     reply, which maps it to an *smtp.SMTPError; go-smtp would turn any
 //     other error from Data into a permanent 554.
+//   - Lines of message content may be of any length, as in Postfix:
+//     go-smtp's line limit applies to commands only (limit.go); the
+//     message size limit bounds the rest.
 //   - The body is streamed: a message above the inline limit goes to the
 //     object store while it is read, and is never held whole in memory.
 //

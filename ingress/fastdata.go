@@ -44,11 +44,10 @@ type fastData struct {
 // takeOverData returns a fastData reading for go-smtp's DATA reader r, or
 // r itself when r is not one (BDAT chunks arrive through a pipe).
 func takeOverData(r io.Reader) io.Reader {
-	v := reflect.ValueOf(r)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct || v.Elem().Type().Name() != "dataReader" {
+	if !isDataReader(r) {
 		return r
 	}
-	e := v.Elem()
+	e := reflect.ValueOf(r).Elem()
 	rf, sf := e.FieldByName("r"), e.FieldByName("state")
 	if !rf.IsValid() || !sf.IsValid() || sf.Kind() != reflect.Int || rf.Type() != reflect.TypeOf((*bufio.Reader)(nil)) {
 		return r

@@ -53,6 +53,7 @@ var (
 	replyTimeout      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout exceeded, closing connection"}
 	replyClientGone   = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Connection lost"}
 	replyTooManyErrs  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many errors, closing connection"}
+	replyLineTooLong  = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Line too long"}
 )
 
 // reply is the one funnel from an internal error to an SMTP reply. It
@@ -99,6 +100,11 @@ func reply(err error) *smtp.SMTPError {
 		return replyNoRcpts
 	case errors.Is(err, ErrTooManyErrors):
 		return replyTooManyErrs
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// Only if go-smtp's limit could not be lifted for DATA
+		// (liftLineLimit): the session cannot go on, and a retry would
+		// fail the same way.
+		return replyLineTooLong
 	case errors.Is(err, broker.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled):
 		// Before the timeout case: a context deadline is also a net.Error.

@@ -36,6 +36,12 @@ type session struct {
 	from   string
 	params contracts.MailParams
 	rcpts  []contracts.Recipient
+
+	// lineLimit is go-smtp's line limit on this connection (lineLimitOf);
+	// restoreLineLimit puts it back after a DATA (liftLineLimit), nil
+	// when nothing is lifted.
+	lineLimit        *int
+	restoreLineLimit func()
 }
 
 var (
@@ -49,7 +55,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if cn == nil {
 		return nil, errors.New("ingress: connection not from an ingress listener")
 	}
-	ss := &session{srv: s, c: c, conn: cn, helo: c.Hostname(), relayNet: s.relayAllowed(cn.ip)}
+	ss := &session{srv: s, c: c, conn: cn, helo: c.Hostname(), relayNet: s.relayAllowed(cn.ip), lineLimit: lineLimitOf(c)}
 	if st, ok := c.TLSConnectionState(); ok {
 		ss.tlsOn = true
 		ss.tlsDesc = tls.VersionName(st.Version) + " with cipher " + tls.CipherSuiteName(st.CipherSuite)
@@ -181,6 +187,12 @@ func (s *session) Data(r io.Reader) error {
 
 // Reset implements smtp.Session.
 func (s *session) Reset() {
+	if s.restoreLineLimit != nil {
+		// go-smtp calls Reset after the reply to DATA, before it reads
+		// the next command.
+		s.restoreLineLimit()
+		s.restoreLineLimit = nil
+	}
 	s.reset()
 	s.conn.setInTxn(false)
 }

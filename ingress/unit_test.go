@@ -50,6 +50,7 @@ func TestReplyFunnel(t *testing.T) {
 		{"read timeout", ErrReadTimeout, 421, smtp.EnhancedCode{4, 4, 2}},
 		{"client gone", ErrClientGone, 421, smtp.EnhancedCode{4, 4, 0}},
 		{"client aborted BDAT", smtp.ErrDataReset, 421, smtp.EnhancedCode{4, 4, 0}},
+		{"line too long", smtp.ErrTooLongLine, 554, smtp.EnhancedCode{5, 6, 0}},
 		{"wrapped relay denied", fmt.Errorf("rcpt x: %w", ErrRelayDenied), 554, smtp.EnhancedCode{5, 7, 1}},
 		{"a reply passes through", &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "x"}, 452, smtp.EnhancedCode{4, 5, 3}},
 		{"unknown error is temporary", errors.New("something odd"), 451, smtp.EnhancedCode{4, 3, 0}},

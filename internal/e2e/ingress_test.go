@@ -651,3 +651,46 @@ func TestSizeLimitBoundary(t *testing.T) {
 	}
 	f.sink.WaitFor(t, 2, 30*time.Second)
 }
+
+// Lines of message content longer than go-smtp's command line limit
+// (HTML on one line, as report generators write it) are accepted by DATA
+// and BDAT and arrive byte-identical; the limit still applies to the
+// commands that follow on the same connection.
+func TestLongLines(t *testing.T) {
+	f := newFrontDoor(t, nil) // max_message_bytes 65536
+	line := func(n int) string { return strings.Repeat("<td>x</td>", n/10) }
+	msg := testenv.RFC5322("long lines", []byte("<html>"+line(3000)+"\r\n"+line(40000)+"</html>\r\nend\r\n"))
+
+	c, _ := testenv.DialRaw(t, f.addr(), "")
+	c.Expect(250, "EHLO c")
+	// DATA, twice on one connection: the limit is lifted for each.
+	for range 2 {
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Expect(354, "DATA")
+		c.Write(msg)
+		if r := c.Cmd("."); r.Code != 250 {
+			t.Fatalf("DATA with long lines: %s", r)
+		}
+		c.Expect(250, "NOOP")
+	}
+	// BDAT
+	c.Expect(250, "MAIL FROM:<a@client.test>")
+	c.Expect(250, "RCPT TO:<ops@example.test>")
+	c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n", len(msg))))
+	c.Write(msg)
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("BDAT with long lines: %s", r)
+	}
+	// A command line over the limit still ends the session.
+	if r := c.Cmd("NOOP %s", line(3000)); r.Code != 500 {
+		t.Fatalf("long command line: %s, want 500", r)
+	}
+
+	f.sink.WaitFor(t, 3, 30*time.Second)
+	for _, m := range f.sink.Messages() {
+		if !bytes.Equal(m.AfterReceived(), msg) {
+			t.Fatalf("message with long lines changed on the way (%d bytes, want %d)", len(m.AfterReceived()), len(msg))
+		}
+	}
+}

@@ -125,6 +125,9 @@ func (s *Sink) listen(addr string) error {
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = "sink.test"
+	// Like Postfix's smtpd, the sink takes lines of message content of
+	// any length (go-smtp's limit would apply to DATA too).
+	srv.MaxLineLength = 0
 	srv.AllowInsecureAuth = s.opts.AllowInsecureAuth
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
 	srv.ReadTimeout = s.opts.IdleTimeout
