@@ -248,7 +248,10 @@ func TestDSNExtension(t *testing.T) {
 
 // MX routing per RFC 5321 §5 against a local DNS server.
 func TestMXRouting(t *testing.T) {
-	sink := testenv.NewSink(t, testenv.SinkOptions{Addr: "127.0.0.2:0"})
+	// One port for the sinks on 127.0.0.2 and ::1 (and the MX down on
+	// 127.0.0.3), since delivery.port applies to every MX.
+	port := testenv.FreePort(t, "127.0.0.2", "::1", "127.0.0.3")
+	sink := testenv.NewSink(t, testenv.SinkOptions{Addr: fmt.Sprintf("127.0.0.2:%d", port)})
 	dns := testenv.NewDNS(t)
 	// two MX hosts, the preferred one down (nothing listens on 127.0.0.3)
 	dns.SetMX("twomx.test", testenv.MXRecord{Pref: 10, Host: "mx1.twomx.test"}, testenv.MXRecord{Pref: 20, Host: "mx2.twomx.test"})

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,33 +67,40 @@ func moduleRoot() string {
 	return dir
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago and that
-// no other call in this test process has returned.
+// FreePort returns a loopback TCP port that was free a moment ago on
+// 127.0.0.1, or on each of hosts when given (e.g. "127.0.0.2", "::1"),
+// and that no other call in this test process has returned.
 //
 // The port lies outside the kernel's ephemeral range, because tests stop
 // processes and start them again on the same addresses: a port taken from
 // that range (as "127.0.0.1:0" does) can meanwhile become the source port
 // of an outgoing connection - a NATS route redialling the stopped node -
 // and the restarted process then fails with "address already in use".
-func FreePort(t testing.TB) int {
+func FreePort(t testing.TB, hosts ...string) int {
 	t.Helper()
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1"}
+	}
 	lo, hi := portRange()
 	portsMu.Lock()
 	defer portsMu.Unlock()
+next:
 	for range 1000 {
 		p := lo + rand.IntN(hi-lo+1)
 		if portsGiven[p] {
 			continue
 		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
+		for _, h := range hosts {
+			l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(p)))
+			if err != nil {
+				continue next
+			}
+			l.Close()
 		}
-		l.Close()
 		portsGiven[p] = true
 		return p
 	}
-	t.Fatalf("no free loopback port in %d-%d", lo, hi)
+	t.Fatalf("no free port on %v in %d-%d", hosts, lo, hi)
 	return 0
 }
 
