@@ -44,7 +44,12 @@ func connectTest(t *testing.T, e *Embedded) *Client {
 
 func TestEmbeddedRequiresCredentials(t *testing.T) {
 	dir := t.TempDir()
-	e := startTest(t, dir)
+	var logbuf lockedBuffer
+	e, err := StartEmbedded(EmbeddedOptions{DataDir: dir, Listen: "127.0.0.1:0", SyncAlways: true}, zerolog.New(&logbuf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
 	cr := e.Credentials()
 	if cr.User == "" || len(cr.Password) < 24 || !strings.HasPrefix(cr.URL, "nats://127.0.0.1:") {
 		t.Fatalf("credentials %+v", cr)
@@ -66,6 +71,10 @@ func TestEmbeddedRequiresCredentials(t *testing.T) {
 		t.Fatalf("right credentials refused: %v", err)
 	}
 	nc.Close()
+	// The server keeps a hash, not the password.
+	if strings.Contains(logbuf.String(), "Plaintext passwords") {
+		t.Fatalf("the server holds a plaintext password:\n%s", logbuf.String())
+	}
 	read, err := ReadCredentials(dir)
 	if err != nil || read != cr {
 		t.Fatalf("ReadCredentials = %+v, %v", read, err)
@@ -79,6 +88,42 @@ func TestEmbeddedRequiresCredentials(t *testing.T) {
 	if _, err := ReadCredentials(t.TempDir()); !errors.Is(err, ErrNoCredentials) {
 		t.Fatalf("empty data dir: %v", err)
 	}
+}
+
+// A configured password too long for bcrypt still works (kept as it is).
+func TestEmbeddedLongPassword(t *testing.T) {
+	long := strings.Repeat("p", 100)
+	e, err := StartEmbedded(EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0", User: "u", Password: long}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	nc, err := nats.Connect(e.Credentials().URL, nats.UserInfo("u", long))
+	if err != nil {
+		t.Fatalf("long password refused: %v", err)
+	}
+	nc.Close()
+	if nc, err := nats.Connect(e.Credentials().URL, nats.UserInfo("u", long[:72]), nats.MaxReconnects(0)); err == nil {
+		nc.Close()
+		t.Fatal("a prefix of the password was accepted")
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestProvisionIsIdempotentAndConcurrent(t *testing.T) {

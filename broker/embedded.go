@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // EmbeddedOptions configures the NATS server that `serve` and `broker` run
@@ -151,7 +152,7 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 		SyncAlways: opts.SyncAlways,
 		NoSigs:     true,
 		// Every connection, in-process ones included, authenticates.
-		Users:             []*server.User{{Username: creds.User, Password: creds.Password}},
+		Users:             []*server.User{{Username: creds.User, Password: serverPassword(creds.Password)}},
 		JetStreamMaxStore: opts.MaxStore,
 		MaxPayload:        opts.MaxPayload,
 		// A stopping cluster node tells its clients to move elsewhere
@@ -272,6 +273,20 @@ func (e *Embedded) Shutdown() {
 	}
 	e.srv.WaitForShutdown()
 	e.log.Info().Msg("embedded broker stopped")
+}
+
+// serverPassword is what the server keeps of a client password: a bcrypt
+// hash, so that the password is not held in the server's options (and
+// NATS does not warn about plaintext passwords at every start). The
+// lowest cost suffices: a generated password is 192 random bits, and NATS
+// checks the hash at every connect. A password bcrypt cannot take (over
+// 72 bytes) is kept as it is.
+func serverPassword(pw string) string {
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		return pw
+	}
+	return string(h)
 }
 
 func randomSecret() string {
