@@ -271,9 +271,6 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	ip := ss.conn.ip.String()
 	prefix := receivedHeader(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
 
-	if restore := liftLineLimit(ss.lineLimit, r); restore != nil {
-		ss.restoreLineLimit = restore
-	}
 	if fast := takeOverData(r); fast != r {
 		r = fast
 	} else {

@@ -169,6 +169,11 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // 250 only once the broker has acknowledged it.
 func (s *session) Data(r io.Reader) error {
 	defer s.conn.setInTxn(false)
+	// Lines of content may be long, also those go-smtp drains after a
+	// refusal (limit.go); Reset puts the limit back.
+	if restore := liftLineLimit(s.lineLimit, r); restore != nil {
+		s.restoreLineLimit = restore
+	}
 	if len(s.rcpts) == 0 {
 		return s.fail("data", ErrNoValidRecipients)
 	}

@@ -682,6 +682,16 @@ func TestLongLines(t *testing.T) {
 	if r := c.Read(); r.Code != 250 {
 		t.Fatalf("BDAT with long lines: %s", r)
 	}
+	// A refused message with long lines is drained to its end and the
+	// session goes on.
+	c.Expect(250, "MAIL FROM:<a@client.test>")
+	c.Expect(250, "RCPT TO:<ops@example.test>")
+	c.Expect(354, "DATA")
+	c.Write(testenv.RFC5322("too large", []byte(line(70000)+"\r\n")))
+	if r := c.Cmd("."); r.Code != 552 {
+		t.Fatalf("oversize DATA with a long line: %s, want 552", r)
+	}
+	c.Expect(250, "NOOP")
 	// A command line over the limit still ends the session.
 	if r := c.Cmd("NOOP %s", line(3000)); r.Code != 500 {
 		t.Fatalf("long command line: %s, want 500", r)
