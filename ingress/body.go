@@ -118,6 +118,7 @@ func bareLineEnding(b []byte, prevCR bool) int {
 	if prevCR && b[0] != '\n' {
 		return 0
 	}
+	bad := -1
 	// every LF must follow a CR
 	for i := 0; ; {
 		k := bytes.IndexByte(b[i:], '\n')
@@ -126,26 +127,28 @@ func bareLineEnding(b []byte, prevCR bool) int {
 		}
 		k += i
 		if k == 0 && !prevCR || k > 0 && b[k-1] != '\r' {
-			return k
+			bad = k
+			break
 		}
 		i = k + 1
 	}
-	// every CR must be followed by an LF
+	// every CR must be followed by an LF (only before a bare LF matters)
+	end := len(b) - 1
+	if bad >= 0 {
+		end = bad
+	}
 	for i := 0; ; {
-		k := bytes.IndexByte(b[i:], '\r')
+		k := bytes.IndexByte(b[i:end], '\r')
 		if k < 0 {
 			break
 		}
 		k += i
-		if k == len(b)-1 {
-			break
-		}
 		if b[k+1] != '\n' {
 			return k
 		}
 		i = k + 1
 	}
-	return -1
+	return bad
 }
 
 // headerFacts is what the ingress needs to know about the header section.

@@ -438,3 +438,28 @@ func (s *limitSession) Data(r io.Reader) error {
 	*s.got = append(*s.got, len(b))
 	return nil
 }
+
+func TestBareLineEnding(t *testing.T) {
+	tests := []struct {
+		in     string
+		prevCR bool
+		want   int
+	}{
+		{"", false, -1},
+		{"a\r\nb\r\n", false, -1},
+		{"a\r", false, -1}, // undecided until the next read
+		{"\nb", true, -1},  // completes the CR before
+		{"b", true, 0},     // the CR before was bare
+		{"a\nb", false, 1},
+		{"\nb", false, 0},
+		{"a\rb\r\n", false, 1},
+		{"a\rb\nc", false, 1}, // the bare CR comes first
+		{"ab\r\nc\nd\re", false, 5},
+		{"ab\r\r\n", false, 2},
+	}
+	for _, tc := range tests {
+		if got := bareLineEnding([]byte(tc.in), tc.prevCR); got != tc.want {
+			t.Errorf("bareLineEnding(%q, %v) = %d, want %d", tc.in, tc.prevCR, got, tc.want)
+		}
+	}
+}
