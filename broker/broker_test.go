@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/contracts"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
 
@@ -272,6 +274,64 @@ func TestBodyRefs(t *testing.T) {
 	left, held, err = c.UpdateBodyRefs(ctx, "Q1", []string{"Q1-a"}, nil)
 	if err != nil || left != 0 || held {
 		t.Fatalf("removal after release: %d %v %v", left, held, err)
+	}
+}
+
+// TestBodyStreamBlocks: the body stream is cut into 4 MiB blocks, not the
+// server's default 8 MiB, and a bucket made by nats.go's CreateObjectStore
+// (what earlier versions did) takes the new configuration on Provision.
+func TestBodyStreamBlocks(t *testing.T) {
+	dir := t.TempDir()
+	e := startTest(t, dir)
+	c := connectTest(t, e)
+	ctx := context.Background()
+	if _, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: contracts.BucketBodies, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	s := Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 1}
+	if err := c.Provision(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.js.Stream(ctx, bodyStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.CachedInfo().Config.MaxMsgsPerSubject; got != s.BodyStreamConfig().MaxMsgsPerSubject {
+		t.Fatalf("existing bucket not updated: max_msgs_per_subject %d", got)
+	}
+	// The block size is chosen when the server loads the stream: restart.
+	c.Close()
+	e.Shutdown()
+	e = startTest(t, dir)
+	c = connectTest(t, e)
+	if err := c.Provision(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 10<<16) // 10 MiB
+	if _, _, err := c.PutBody(ctx, "big", bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	blocks, err := filepath.Glob(filepath.Join(dir, "nats", "jetstream", "*", "streams", bodyStream, "msgs", "*.blk"))
+	if err != nil || len(blocks) == 0 {
+		t.Fatalf("no block files found: %v", err)
+	}
+	var largest int64
+	for _, b := range blocks {
+		if fi, err := os.Stat(b); err == nil && fi.Size() > largest {
+			largest = fi.Size()
+		}
+	}
+	if largest > 4<<20 || len(blocks) < 3 {
+		t.Fatalf("%d blocks, largest %d bytes: want blocks of at most 4 MiB", len(blocks), largest)
+	}
+	rc, err := c.OpenBody(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(back, body) {
+		t.Fatalf("body read back: %d bytes, %v", len(back), err)
 	}
 }
 

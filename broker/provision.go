@@ -113,6 +113,34 @@ func (s Settings) QueueStreamConfig(shard int) jetstream.StreamConfig {
 // shards the queue has.
 const metaQueueShards = "jetrelay.queue_shards"
 
+// BodyStreamConfig is the stream behind the body bucket: what nats.go's
+// CreateObjectStore makes (so the nats CLI and js.ObjectStore read it),
+// plus a per-subject limit that no body reaches. The limit is there for
+// its side effect: the server then cuts the stream into 4 MiB blocks
+// instead of 8 MiB ones (autoTuneFileStorageBlockSize). A worker reading
+// a chunk whose block has left the cache makes the server load the whole
+// block, and every block in use is a buffer of that size, so halving it
+// halves the memory and the copying that each large body costs.
+func (s Settings) BodyStreamConfig() jetstream.StreamConfig {
+	s.fill()
+	b := contracts.BucketBodies
+	return jetstream.StreamConfig{
+		Name:        bodyStream,
+		Description: "jetrelay message bodies above the inline limit",
+		Subjects:    []string{"$O." + b + ".C.>", "$O." + b + ".M.>"},
+		MaxAge:      s.QueueMaxAge,
+		MaxBytes:    -1,
+		// One chunk subject holds one body: at 64 KiB chunks (the
+		// smallest) a body would need 64 TiB to reach this.
+		MaxMsgsPerSubject: 1 << 30,
+		Storage:           jetstream.FileStorage,
+		Replicas:          s.Replicas,
+		Discard:           jetstream.DiscardNew,
+		AllowRollup:       true,
+		AllowDirect:       true,
+	}
+}
+
 // DeadLetterStreamConfig keeps dead letters for the retention period.
 func (s Settings) DeadLetterStreamConfig() jetstream.StreamConfig {
 	s.fill()
@@ -213,13 +241,10 @@ func (c *Client) provision(ctx context.Context, s Settings) error {
 			return err
 		}},
 		{"object store " + contracts.BucketBodies, func(ctx context.Context) error {
-			obs, err := c.ensureObjectStore(ctx, jetstream.ObjectStoreConfig{
-				Bucket:      contracts.BucketBodies,
-				Description: "jetrelay message bodies above the inline limit",
-				TTL:         s.QueueMaxAge,
-				Storage:     jetstream.FileStorage,
-				Replicas:    s.Replicas,
-			})
+			if _, err := c.ensureStream(ctx, s.BodyStreamConfig()); err != nil {
+				return err
+			}
+			obs, err := c.js.ObjectStore(ctx, contracts.BucketBodies)
 			if err == nil {
 				c.bodies = obs
 			}
@@ -322,15 +347,6 @@ func (c *Client) ensureConsumer(ctx context.Context, stream string, cfg jetstrea
 		return c.js.UpdateConsumer(ctx, stream, cfg)
 	}
 	return cons, err
-}
-
-// ensureObjectStore is ensureStream for an object store bucket.
-func (c *Client) ensureObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
-	obs, err := c.js.CreateObjectStore(ctx, cfg)
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		return c.js.UpdateObjectStore(ctx, cfg)
-	}
-	return obs, err
 }
 
 // ensureKeyValue is ensureStream for a key-value bucket.
