@@ -12,6 +12,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -533,7 +534,9 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	dw := &dotWriter{w: c.bw, bol: true}
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
@@ -571,6 +574,10 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 }
 
 var errBodyRead = errors.New("reading the message body failed")
+
+// copyBufs are writeBody's read buffers: one per transaction in progress,
+// not a fresh one per message.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (c *smtpConn) mailCommand(env *envelope) string {
 	var b strings.Builder
