@@ -139,12 +139,14 @@ func (l *commandLines) Read(p []byte) (int, error) {
 			l.ahead = aheadBufs.Get().(*[]byte)
 		}
 		m, err := l.r.Read(*l.ahead)
-		if err != nil {
-			l.err = err
-		}
 		if m == 0 {
+			// As below: an error with nothing read is returned, not kept
+			// (a timeout, then EOF once the session has closed).
 			l.release()
 			return 0, err
+		}
+		if err != nil {
+			l.err = err
 		}
 		n = copy(p, (*l.ahead)[:m])
 		l.rest, l.in = (*l.ahead)[n:m], true

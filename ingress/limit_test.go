@@ -146,6 +146,33 @@ func TestCommandLinesReadAhead(t *testing.T) {
 	}
 }
 
+// errSeq returns its errors one per Read, with nothing read.
+type errSeq []error
+
+func (e *errSeq) Read([]byte) (int, error) {
+	err := (*e)[0]
+	*e = (*e)[1:]
+	return 0, err
+}
+
+// An error with nothing read is passed on, not kept: after a read timeout
+// the session closes, and what go-smtp reads next must be the EOF, not the
+// timeout again (which go-smtp would answer with a second 421).
+func TestCommandLinesErrorsAreNotKept(t *testing.T) {
+	timeout := errors.New("i/o timeout")
+	for _, limit := range []int{0, 2000} {
+		r := &errSeq{timeout, io.EOF}
+		l := &commandLines{r: r, limit: &limit}
+		buf := make([]byte, 4096)
+		if _, err := l.Read(buf); err != timeout {
+			t.Fatalf("limit %d: first read: %v", limit, err)
+		}
+		if _, err := l.Read(buf); err != io.EOF {
+			t.Fatalf("limit %d: second read: %v, want EOF", limit, err)
+		}
+	}
+}
+
 // The fields of go-smtp's Conn that lineLimitOf relies on are there.
 func TestLineLimitOfFindsGoSMTPFields(t *testing.T) {
 	if lineLimitOf(nil) != nil {
