@@ -104,7 +104,8 @@ func lineLimitOf(c *smtp.Conn) *int {
 
 // commandLines reads from the connection for go-smtp's lineLimitReader:
 // while the line limit is on, each Read returns at most one line and keeps
-// the rest for the next; while it is off (DATA, BDAT), reads pass through.
+// the rest for the next; while it is off (DATA, BDAT), reads are not cut
+// at line ends.
 //
 // While the limit is off it also reads ahead: go-smtp's reader above it
 // asks for 4 KiB at a time, so a 10 MiB message would otherwise cost 2,560
