@@ -529,6 +529,30 @@ func TestExtensions(t *testing.T) {
 	if r := s2.cmd("RCPT TO:<x@example.test>"); r/100 != 5 {
 		t.Fatalf("RCPT after STARTTLS without MAIL: %d (the pipelined MAIL was executed)", r)
 	}
+
+	// The same when STARTTLS and the MAIL arrive in one write with the end
+	// of a message, so the ingress reads them ahead with the message.
+	s, _ = testenv.DialRaw(t, f.addr(), "")
+	s.Expect(250, "EHLO c")
+	s.Expect(250, "MAIL FROM:<a@client.test>")
+	s.Expect(250, "RCPT TO:<ops@example.test>")
+	s.Expect(354, "DATA")
+	s.Write(append(testenv.RFC5322("before starttls", testenv.Body(100)), ".\r\nSTARTTLS\r\nMAIL FROM:<injected@client.test>\r\n"...))
+	if r := s.Read(); r.Code != 250 {
+		t.Fatalf("message before STARTTLS: %s", r)
+	}
+	if r := s.Read(); r.Code != 220 {
+		t.Fatalf("STARTTLS after a message: %s", r)
+	}
+	tc = tls.Client(s.Conn, f.client())
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	s2 = &rawOver{t: t, c: tc}
+	s2.expect(250, "EHLO c")
+	if r := s2.cmd("RCPT TO:<x@example.test>"); r/100 != 5 {
+		t.Fatalf("RCPT after STARTTLS without MAIL: %d (the MAIL read ahead with the message was executed)", r)
+	}
 }
 
 // Missing Message-ID and Date are added; present ones are left alone.
