@@ -185,8 +185,8 @@ func (c *Client) Connected() bool { return c.nc.IsConnected() }
 // ServerURL is the server currently connected to, credentials removed.
 func (c *Client) ServerURL() string { return c.nc.ConnectedUrlRedacted() }
 
-// JetStream exposes the JetStream handle for the packages that own a part
-// of the broker layout (deadletter).
+// JetStream exposes the JetStream handle, for tests that inspect the
+// broker directly.
 func (c *Client) JetStream() jetstream.JetStream { return c.js }
 
 func redactURLs(urls []string) string {
