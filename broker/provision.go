@@ -123,11 +123,10 @@ const metaQueueShards = "jetrelay.queue_shards"
 // halves the memory and the copying that each large body costs.
 func (s Settings) BodyStreamConfig() jetstream.StreamConfig {
 	s.fill()
-	b := contracts.BucketBodies
 	return jetstream.StreamConfig{
 		Name:        bodyStream,
 		Description: "jetrelay message bodies above the inline limit",
-		Subjects:    []string{"$O." + b + ".C.>", "$O." + b + ".M.>"},
+		Subjects:    []string{chunkSubject(">"), "$O." + contracts.BucketBodies + ".M.>"},
 		MaxAge:      s.QueueMaxAge,
 		MaxBytes:    -1,
 		// One chunk subject holds one body: at 64 KiB chunks (the

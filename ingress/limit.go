@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"reflect"
-	"sync"
 	"unsafe"
 
 	"github.com/emersion/go-smtp"
@@ -104,54 +103,26 @@ func lineLimitOf(c *smtp.Conn) *int {
 
 // commandLines reads from the connection for go-smtp's lineLimitReader:
 // while the line limit is on, each Read returns at most one line and keeps
-// the rest for the next; while it is off (DATA, BDAT), reads are not cut
-// at line ends.
-//
-// While the limit is off it also reads ahead: go-smtp's reader above it
-// asks for 4 KiB at a time, so a 10 MiB message would otherwise cost 2,560
-// reads from the socket, each with its own deadline; with read-ahead, one
-// read takes whatever the socket holds, up to 64 KiB.
+// the rest for the next; while it is off (DATA, BDAT), reads pass through.
 type commandLines struct {
 	r     io.Reader
 	limit *int
-	rest  []byte  // read from r, not yet returned
-	ahead *[]byte // read-ahead buffer (from aheadBufs)
-	in    bool    // rest points into ahead
-	err   error   // r's error, returned once rest is empty
+	rest  []byte // read from r, not yet returned
+	err   error  // r's error, returned once rest is empty
 }
-
-// aheadBufs hold commandLines' read-ahead: one per message being received,
-// not one per connection.
-var aheadBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 func (l *commandLines) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	var n int
-	switch {
-	case len(l.rest) > 0:
+	if len(l.rest) > 0 {
 		n = copy(p, l.rest)
 		l.rest = l.rest[n:]
-	case l.err != nil:
-		return 0, l.err
-	case *l.limit == 0 && len(p) < 64<<10:
-		if l.ahead == nil {
-			l.ahead = aheadBufs.Get().(*[]byte)
+	} else {
+		if l.err != nil {
+			return 0, l.err
 		}
-		m, err := l.r.Read(*l.ahead)
-		if m == 0 {
-			// As below: an error with nothing read is returned, not kept
-			// (a timeout, then EOF once the session has closed).
-			l.release()
-			return 0, err
-		}
-		if err != nil {
-			l.err = err
-		}
-		n = copy(p, (*l.ahead)[:m])
-		l.rest, l.in = (*l.ahead)[n:m], true
-	default:
 		var err error
 		n, err = l.r.Read(p)
 		if err != nil {
@@ -164,26 +135,12 @@ func (l *commandLines) Read(p []byte) (int, error) {
 	if *l.limit > 0 {
 		if i := bytes.IndexByte(p[:n], '\n'); i >= 0 && i+1 < n {
 			// Give back what follows the line: it goes before anything
-			// still kept (a copy, so rest no longer points into ahead).
-			l.rest, l.in = append(append([]byte(nil), p[i+1:n]...), l.rest...), false
+			// still kept.
+			l.rest = append(append([]byte(nil), p[i+1:n]...), l.rest...)
 			n = i + 1
 		}
 	}
-	if len(l.rest) == 0 {
-		l.rest, l.in = nil, false
-	}
-	l.release()
 	return n, nil
-}
-
-// release returns the read-ahead buffer once rest no longer points into
-// it.
-func (l *commandLines) release() {
-	if l.ahead == nil || l.in {
-		return
-	}
-	aheadBufs.Put(l.ahead)
-	l.ahead = nil
 }
 
 // liftLineLimit lifts the line limit for the DATA in progress when r is

@@ -98,54 +98,6 @@ func TestCommandLinesModeSwitch(t *testing.T) {
 	}
 }
 
-// countReads counts the reads that reach the connection.
-type countReads struct {
-	r io.Reader
-	n int
-}
-
-func (c *countReads) Read(p []byte) (int, error) {
-	c.n++
-	return c.r.Read(p)
-}
-
-// In data mode commandLines reads ahead: a message read 4 KiB at a time
-// (what go-smtp's bufio.Reader asks for) costs one read of the connection
-// per 64 KiB; the bytes after the message wait for the commands.
-func TestCommandLinesReadAhead(t *testing.T) {
-	msg := strings.Repeat("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n", 1<<14) // 1 MiB
-	src := &countReads{r: strings.NewReader(msg + ".\r\nMAIL FROM:<>\r\nQUIT\r\n")}
-	limit := 0
-	l := &commandLines{r: src, limit: &limit}
-	got := make([]byte, 0, len(msg)+3)
-	buf := make([]byte, 4096)
-	for len(got) < len(msg)+3 {
-		n, err := l.Read(buf[:min(len(buf), len(msg)+3-len(got))])
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, buf[:n]...)
-	}
-	if string(got) != msg+".\r\n" {
-		t.Fatal("message bytes changed")
-	}
-	if max := len(msg)/(64<<10) + 2; src.n > max {
-		t.Fatalf("%d reads of the connection for 1 MiB, want at most %d", src.n, max)
-	}
-	limit = 2000
-	for _, want := range []string{"MAIL FROM:<>\r\n", "QUIT\r\n"} {
-		if n, err := l.Read(buf); err != nil || string(buf[:n]) != want {
-			t.Fatalf("command after the message: %q, %v; want %q", buf[:n], err, want)
-		}
-	}
-	if n, err := l.Read(buf); n != 0 || err != io.EOF {
-		t.Fatalf("at the end: %d, %v", n, err)
-	}
-	if l.ahead != nil {
-		t.Fatal("read-ahead buffer kept after it was drained")
-	}
-}
-
 // errSeq returns its errors one per Read, with nothing read.
 type errSeq []error
 

@@ -531,7 +531,8 @@ func TestExtensions(t *testing.T) {
 	}
 
 	// The same when STARTTLS and the MAIL arrive in one write with the end
-	// of a message, so the ingress reads them ahead with the message.
+	// of a message, so they may be read together with the message's last
+	// bytes.
 	s, _ = testenv.DialRaw(t, f.addr(), "")
 	s.Expect(250, "EHLO c")
 	s.Expect(250, "MAIL FROM:<a@client.test>")
@@ -551,7 +552,7 @@ func TestExtensions(t *testing.T) {
 	s2 = &rawOver{t: t, c: tc}
 	s2.expect(250, "EHLO c")
 	if r := s2.cmd("RCPT TO:<x@example.test>"); r/100 != 5 {
-		t.Fatalf("RCPT after STARTTLS without MAIL: %d (the MAIL read ahead with the message was executed)", r)
+		t.Fatalf("RCPT after STARTTLS without MAIL: %d (the MAIL sent with the message was executed)", r)
 	}
 }
 
