@@ -199,16 +199,17 @@ func TestPublishIsIdempotentAndRetractable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	st, err := c.QueueState(ctx)
-	if err != nil || st.Ready != 1 {
-		t.Fatalf("three publishes of one job: %+v %v", st, err)
+	if n := storedJobs(t, c); n != 1 {
+		t.Fatalf("three publishes of one job stored %d messages", n)
 	}
+	queueSettles(t, c, "the job is not ready", func(st QueueState) bool { return st.Ready == 1 })
 	if err := c.RetractJob(ctx, j); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := c.QueueState(ctx); !st.Empty() {
-		t.Fatalf("retracted job still queued: %+v", st)
+	if n := storedJobs(t, c); n != 0 {
+		t.Fatalf("retracted job still stored (%d messages)", n)
 	}
+	queueSettles(t, c, "retracted job still counted", QueueState.Empty)
 }
 
 func TestBodyRefs(t *testing.T) {
@@ -375,9 +376,7 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 	if err != nil || len(seen) != 600 || sched != 200 || len(shards) != 3 {
 		t.Fatalf("scan: %v, %d jobs, %d scheduled, shards %v", err, len(seen), sched, shards)
 	}
-	if st, _ := c.QueueState(ctx); st.Ready != 400 || st.Scheduled != 200 {
-		t.Fatalf("state %+v", st)
-	}
+	queueSettles(t, c, "ready and scheduled counts", func(st QueueState) bool { return st.Ready == 400 && st.Scheduled == 200 })
 	// Stopping early and resuming from a cursor (paging), across shards.
 	for _, stop := range []int{10, shards[0] + 5} {
 		n := 0
@@ -426,9 +425,8 @@ func TestPublishSurvivesALostAcknowledgement(t *testing.T) {
 	if proxy.dropped.Load() != 1 {
 		t.Fatalf("the proxy dropped %d replies, want 1", proxy.dropped.Load())
 	}
-	st, err := c.QueueState(ctx)
-	if err != nil || st.Ready != 1 {
-		t.Fatalf("queue after the retried publish: %+v %v", st, err)
+	if n := storedJobs(t, c); n != 1 {
+		t.Fatalf("queue after the retried publish: %d messages stored", n)
 	}
 }
 
@@ -522,9 +520,7 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if err := cli.Bind(ctx, set(1)); err != nil || cli.Shards() != 3 {
 		t.Fatalf("Bind: %v, %d shards", err, cli.Shards())
 	}
-	if st, err := cli.QueueState(ctx); err != nil || st.Ready != 1 {
-		t.Fatalf("the CLI does not see the job: %+v %v", st, err)
-	}
+	queueSettles(t, cli, "the CLI does not see the job", func(st QueueState) bool { return st.Ready == 1 })
 	if err := connectTest(t, e).Reshard(ctx, set(2)); !errors.Is(err, ErrQueueBusy) || !strings.Contains(err.Error(), "1 jobs") {
 		t.Fatalf("reshard with a job queued: %v", err)
 	}
@@ -542,11 +538,19 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 		defer close(workerDone)
 		_ = worker.ConsumeJobs(wctx, 3, func(context.Context, *Msg) {})
 	}()
-	admin := connectTest(t, e)
+	// Wait until the worker's fetches wait on the broker: a Reshard before
+	// that would find the queue idle and go ahead.
 	eventually(t, 10*time.Second, func() bool {
-		err := admin.Reshard(ctx, set(2))
-		return errors.Is(err, ErrQueueBusy) && strings.Contains(err.Error(), "workers are attached")
-	}, "Reshard did not notice the attached worker")
+		for shard := range 3 {
+			if _, waiting, err := worker.shardUse(ctx, shard); err != nil || waiting == 0 {
+				return false
+			}
+		}
+		return true
+	}, "the worker's fetches do not show on the broker")
+	if err := connectTest(t, e).Reshard(ctx, set(2)); !errors.Is(err, ErrQueueBusy) || !strings.Contains(err.Error(), "workers are attached") {
+		t.Fatalf("Reshard did not notice the attached worker: %v", err)
+	}
 	stopWorker()
 	<-workerDone
 	worker.Close() // its fetches end with its connection
@@ -576,9 +580,40 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if err := c5.PublishJob(ctx, j2, []byte("body\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := c5.QueueState(ctx); err != nil || st.Ready != 1 {
-		t.Fatalf("queue after the change: %+v %v", st, err)
+	queueSettles(t, c5, "the job published after the change is not in the queue", func(st QueueState) bool { return st.Ready == 1 })
+}
+
+// queueSettles polls QueueState until want holds. The counts come from the
+// queue's consumers, which count a message a moment after the stream
+// acknowledged (or removed) it.
+func queueSettles(t *testing.T, c *Client, msg string, want func(QueueState) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := c.QueueState(context.Background())
+		if err == nil && want(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %+v %v", msg, st, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// storedJobs is the number of messages in the queue's streams, which is
+// exact as soon as a publish or delete was acknowledged.
+func storedJobs(t *testing.T, c *Client) uint64 {
+	t.Helper()
+	var n uint64
+	for _, st := range c.queues {
+		info, err := st.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += info.State.Msgs
+	}
+	return n
 }
 
 // eventually polls cond until it holds or timeout passes.
