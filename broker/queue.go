@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -52,12 +53,23 @@ func jobMsg(subject string, j *contracts.Job, data []byte) *nats.Msg {
 
 // PublishJob makes a job ready for delivery and returns once the broker
 // has stored it (with sync_interval: always, on disk). inline is the body
-// when it travels in the message, nil when it is in the body bucket.
-func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte) error {
-	data, err := contracts.EncodeJob(j, inline)
+// when it travels in the message, in parts taken in order (none when it is
+// in the body bucket). The payload is framed into a reused buffer: the
+// client copies it into its connection's buffer before it waits for the
+// acknowledgement, and nothing holds on to it once PublishJob returns.
+func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline ...[]byte) error {
+	bp := payloadPool.Get().(*[]byte)
+	data, err := contracts.AppendJob((*bp)[:0], j, inline...)
 	if err != nil {
+		payloadPool.Put(bp)
 		return err
 	}
+	defer func() {
+		if cap(data) <= maxPooledPayload {
+			*bp = data[:0]
+			payloadPool.Put(bp)
+		}
+	}()
 	shard := c.shardOf(j)
 	err = c.publishIdempotent(ctx, jobMsg(contracts.JobSubject(shard, j.Dest(), j.JobID()), j, data),
 		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.QueueStream(shard)))
@@ -66,6 +78,13 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline []byte
 	}
 	return nil
 }
+
+// payloadPool recycles the buffers jobs are framed into; buffers larger
+// than maxPooledPayload (a body far above the default inline limit) are
+// left to the garbage collector.
+var payloadPool = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledPayload = 512 << 10
 
 // jsErrCodeDuplicateInProcess is a clustered stream's answer to a copy of a
 // message whose first copy is still being replicated ("duplicate message

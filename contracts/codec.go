@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Decode errors. Each is wrapped with detail; test with errors.Is.
@@ -25,16 +26,37 @@ const maxEnvelope = 4 << 20
 // bucket) into one payload. It fills in Version, and for an inline body it
 // sets Body.Size and Body.SHA256 from the bytes.
 func EncodeJob(j *Job, body []byte) ([]byte, error) {
+	return AppendJob(nil, j, body)
+}
+
+// AppendJob is EncodeJob appending the payload to dst, for an inline body
+// held in parts (taken in order, as if joined): a caller can frame a
+// message into a reused buffer without first copying it into one slice.
+func AppendJob(dst []byte, j *Job, body ...[]byte) ([]byte, error) {
 	if j.Version == 0 {
 		j.Version = SchemaVersion
 	}
+	n := 0
+	for _, p := range body {
+		n += len(p)
+	}
 	if j.Body.Inline() {
-		j.Body.Size = int64(len(body))
-		j.Body.SHA256 = Digest(body)
-	} else if len(body) != 0 {
+		var sum [sha256.Size]byte
+		if len(body) == 1 {
+			sum = sha256.Sum256(body[0])
+		} else {
+			h := sha256.New()
+			for _, p := range body {
+				h.Write(p)
+			}
+			h.Sum(sum[:0])
+		}
+		j.Body.Size = int64(n)
+		j.Body.SHA256 = hex.EncodeToString(sum[:])
+	} else if n != 0 {
 		return nil, fmt.Errorf("%w: job %s has a body object and inline bytes", ErrMalformed, j.JobID())
 	}
-	return frame(j, body)
+	return appendFrame(dst, j, body...)
 }
 
 // DecodeJob parses a payload written by EncodeJob. The returned body aliases
@@ -99,15 +121,24 @@ func Digest(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func frame(v any, body []byte) ([]byte, error) {
+func frame(v any, body []byte) ([]byte, error) { return appendFrame(nil, v, body) }
+
+func appendFrame(dst []byte, v any, body ...[]byte) ([]byte, error) {
 	js, err := json.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("contracts: encode: %w", err)
 	}
-	out := make([]byte, 0, len(js)+1+len(body))
-	out = append(out, js...)
-	out = append(out, '\n')
-	return append(out, body...), nil
+	n := len(js) + 1
+	for _, p := range body {
+		n += len(p)
+	}
+	dst = slices.Grow(dst, n)
+	dst = append(dst, js...)
+	dst = append(dst, '\n')
+	for _, p := range body {
+		dst = append(dst, p...)
+	}
+	return dst, nil
 }
 
 func unframe(data []byte, v any, version *int) ([]byte, error) {

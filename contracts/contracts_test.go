@@ -155,6 +155,46 @@ func TestEncodeRejectsObjectWithBytes(t *testing.T) {
 	}
 }
 
+func TestAppendJobParts(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		dst   []byte
+		parts [][]byte
+	}{
+		{"nil dst, one part", nil, [][]byte{sampleBody}},
+		{"split body", nil, [][]byte{sampleBody[:7], sampleBody[7:]}},
+		{"empty parts around", nil, [][]byte{nil, sampleBody, {}}},
+		{"after existing bytes", []byte("keep me"), [][]byte{sampleBody[:1], sampleBody[1:]}},
+		{"reused buffer with room", make([]byte, 0, 1<<16), [][]byte{sampleBody}},
+		{"no body", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			joined := bytes.Join(tc.parts, nil)
+			want, err := EncodeJob(sampleJob(), joined)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prefix := append([]byte(nil), tc.dst...)
+			got, err := AppendJob(tc.dst, sampleJob(), tc.parts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.HasPrefix(got, prefix) || !bytes.Equal(got[len(prefix):], want) {
+				t.Fatalf("AppendJob differs from EncodeJob of the joined body:\n%q\n%q", got, want)
+			}
+			j, back, err := DecodeJob(got[len(prefix):])
+			if err != nil || !bytes.Equal(back, joined) || j.Body.Size != int64(len(joined)) {
+				t.Fatalf("round trip: %v (%d bytes back)", err, len(back))
+			}
+		})
+	}
+	j := sampleJob()
+	j.Body.Object = "X"
+	if _, err := AppendJob(nil, j, nil, []byte("x")); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("object and inline parts: got %v", err)
+	}
+}
+
 func TestBodyNotInflated(t *testing.T) {
 	body := bytes.Repeat([]byte{0xff, 0x00, '\n', 'a'}, 256<<10) // 1 MiB of binary-ish bytes
 	data, err := EncodeJob(sampleJob(), body)

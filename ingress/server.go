@@ -26,7 +26,9 @@ type Queue interface {
 	Connected() bool
 	// InlineLimit is the largest body that may travel inside the job.
 	InlineLimit() int
-	PublishJob(ctx context.Context, j *contracts.Job, inline []byte) error
+	// PublishJob stores a job; inline is its body in parts (none when
+	// the body is in the bucket).
+	PublishJob(ctx context.Context, j *contracts.Job, inline ...[]byte) error
 	PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error)
 	CreateBodyRefs(ctx context.Context, name string, holders ...string) error
 	ReleaseBody(ctx context.Context, name string) error
@@ -320,14 +322,13 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	}
 	ctx := context.Background()
 	if int64(buf.Len()) <= limit {
-		// The whole message is in memory: it travels inside the job.
-		inline := make([]byte, 0, len(prefix)+buf.Len())
-		inline = append(append(inline, prefix...), buf.Bytes()...)
-		if err := s.q.PublishJob(ctx, job, inline); err != nil {
+		// The whole message is in memory: it travels inside the job,
+		// framed straight from the header prefix and the read buffer.
+		if err := s.q.PublishJob(ctx, job, prefix, buf.Bytes()); err != nil {
 			s.retract(ss, job)
 			return nil, 0, err
 		}
-		return job, int64(len(inline)), nil
+		return job, int64(len(prefix) + buf.Len()), nil
 	}
 
 	// Too large to travel inline: stream into the body bucket while
@@ -349,7 +350,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 		_ = s.q.ReleaseBody(ctx, name)
 		return nil, 0, err
 	}
-	if err := s.q.PublishJob(ctx, job, nil); err != nil {
+	if err := s.q.PublishJob(ctx, job); err != nil {
 		if s.retract(ss, job) {
 			_ = s.q.ReleaseBody(ctx, name)
 		}
