@@ -23,7 +23,7 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func startTest(t *testing.T, dir string) *Embedded {
+func startTest(t testing.TB, dir string) *Embedded {
 	t.Helper()
 	e, err := StartEmbedded(EmbeddedOptions{DataDir: dir, Listen: "127.0.0.1:0", SyncAlways: true}, zerolog.Nop())
 	if err != nil {
@@ -33,7 +33,7 @@ func startTest(t *testing.T, dir string) *Embedded {
 	return e
 }
 
-func connectTest(t *testing.T, e *Embedded) *Client {
+func connectTest(t testing.TB, e *Embedded) *Client {
 	t.Helper()
 	cr := e.Credentials()
 	c, err := Connect(context.Background(), ConnectOptions{Name: "test", URLs: []string{cr.URL}, User: cr.User, Password: cr.Password}, zerolog.Nop())
@@ -180,7 +180,7 @@ func TestProvisionIsIdempotentAndConcurrent(t *testing.T) {
 	}
 }
 
-func provisioned(t *testing.T) *Client {
+func provisioned(t testing.TB) *Client {
 	t.Helper()
 	e := startTest(t, t.TempDir())
 	c := connectTest(t, e)

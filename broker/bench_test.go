@@ -1,0 +1,73 @@
+//go:build unix
+
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// BenchmarkBodyRoundTrip: a body put into the body bucket and read back
+// whole through OpenBody (SHA-256 on both sides), then deleted, on the
+// embedded server with sync_interval: always. This is the broker's share
+// of every message above the inline limit, without any SMTP. The client
+// is connected in-process, as in `jetrelay serve`; cpu-ms/op is the CPU
+// time of this process per body, client and server together.
+func BenchmarkBodyRoundTrip(b *testing.B) {
+	for _, size := range []int{1 << 20, 10 << 20} {
+		b.Run(fmt.Sprintf("%dMiB", size>>20), func(b *testing.B) {
+			e := startTest(b, b.TempDir())
+			cr := e.Credentials()
+			c, err := Connect(context.Background(), ConnectOptions{Name: "bench", InProcess: e.Server(), User: cr.User, Password: cr.Password}, zerolog.Nop())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(c.Close)
+			ctx := context.Background()
+			if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 1}); err != nil {
+				b.Fatal(err)
+			}
+			body := bytes.Repeat([]byte("0123456789abcde\n"), size/16)
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			cpu0 := processCPU()
+			i := 0
+			for b.Loop() {
+				i++
+				name := fmt.Sprintf("bench-%d", i)
+				if _, _, err := c.PutBody(ctx, name, bytes.NewReader(body)); err != nil {
+					b.Fatal(err)
+				}
+				r, err := c.OpenBody(ctx, name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := io.Copy(io.Discard, r)
+				r.Close()
+				if err != nil || n != int64(size) {
+					b.Fatalf("read back %d of %d bytes: %v", n, size, err)
+				}
+				if err := c.DeleteBody(ctx, name); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric((processCPU()-cpu0)*1000/float64(b.N), "cpu-ms/op")
+		})
+	}
+}
+
+// processCPU is the CPU time of this process so far, in seconds.
+func processCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
