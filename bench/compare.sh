@@ -23,6 +23,7 @@
 #   WORK=/var/tmp/jetrelay-bench   jetrelay binary, config, data and logs
 #   SKIP_INSTALL=0          1: do not apt-get (Postfix must be installed)
 #   POSTFIX_LOG=0           1: Postfix logs to $WORK/postfix.log (costs a little)
+#   BENCH_ARGS=""           extra flags for every `jetrelay bench` run (e.g. --no-pss)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -39,6 +40,7 @@ RELAYS=${RELAYS:-"postfix jetrelay"}
 WORK=${WORK:-/var/tmp/jetrelay-bench}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 POSTFIX_LOG=${POSTFIX_LOG:-0}
+BENCH_ARGS=${BENCH_ARGS:-}
 
 # Loopback only.
 POSTFIX_LISTEN=127.0.0.1:2526
@@ -249,7 +251,7 @@ run_one() { # relay case run
 	args=$(case_args "$cas")
 	# shellcheck disable=SC2086
 	"$JR" bench --target "$target" --sink "$sink" --label "$relay" --case "$cas" $args \
-		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json --append "$OUT" \
+		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json --append "$OUT" $BENCH_ARGS \
 		>"$WORK/last.json" 2>>"$LOG" || rc=$?
 	if [ -s "$WORK/last.json" ] && command -v jq >/dev/null; then
 		log "$(jq -r '"\(.label) \(.case) run '"$3"': ok=\(.ok) accepted \(.accepted_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s p50 \(.latency_ms.p50)ms cpu \(.process.cpu_seconds)s rss \(.process.rss_peak_mib|floor)MiB \(.error // "")"' "$WORK/last.json")"
