@@ -360,8 +360,10 @@ func TestDeadLetterPurgeAndRetention(t *testing.T) {
 	}
 
 	// Retention: restart with a short one; the sweeper releases bodies.
+	// Long enough that both new bodies are seen stored before the first
+	// expires, also on a loaded machine under -race.
 	relay.Stop()
-	relay.Cfg.DeadLetter.Retention = config.Duration(2 * time.Second)
+	relay.Cfg.DeadLetter.Retention = config.Duration(5 * time.Second)
 	relay.Cfg.DeadLetter.SweepInterval = config.Duration(200 * time.Millisecond)
 	relay.Restart()
 	send(2)
