@@ -679,3 +679,102 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 		})
 	}
 }
+
+// The puller behind ConsumeJobs: one request in flight, a quiet queue
+// ends a wait without a job, a request that got no answer in time is left
+// behind with its subscription, and a request the broker ends with an
+// error (the consumer deleted) is reported.
+func TestPuller(t *testing.T) {
+	c := provisioned(t) // 3 shards
+	ctx := context.Background()
+	stream := contracts.QueueStream(0)
+	p, err := newPuller(c.nc, stream, contracts.ConsumerDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	publishTo := func(shard int) *contracts.Job {
+		t.Helper()
+		for {
+			j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+			if c.shardOf(j) != shard {
+				continue
+			}
+			if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			return j
+		}
+	}
+	receive := func(j *contracts.Job, delivered uint64) {
+		t.Helper()
+		m, err := p.next(ctx, 5*time.Second)
+		if err != nil || m == nil {
+			t.Fatalf("job %s: %v %v", j.QueueID, m, err)
+		}
+		msg := &Msg{m: m}
+		msg.meta, _ = m.Metadata()
+		if got := msg.Header(contracts.HeaderQueueID); got != j.QueueID || msg.Delivered() != delivered || msg.StreamSeq() == 0 {
+			t.Fatalf("job %q delivered %d seq %d; want %s delivered %d", got, msg.Delivered(), msg.StreamSeq(), j.QueueID, delivered)
+		}
+		if err := msg.Ack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// An empty queue: the broker ends the request, and next returns
+	// nothing well before the wait is over on the client's side.
+	start := time.Now()
+	m, err := p.next(ctx, 500*time.Millisecond)
+	if err != nil || m != nil {
+		t.Fatalf("empty queue: %v %v", m, err)
+	}
+	if p.waiting {
+		t.Fatal("the expired request is still counted as in flight")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("next on an empty queue took %v", d)
+	}
+	receive(publishTo(0), 1)
+
+	// A request that got no answer by the time the loop stopped waiting
+	// (lost in a broker restart, say): the puller leaves its subscription
+	// behind, so a late answer to it cannot end the next request.
+	old := p.sub.Subject
+	p.waiting, p.until = true, time.Now().Add(-time.Millisecond)
+	if m, err := p.next(ctx, 300*time.Millisecond); err != nil || m != nil {
+		t.Fatalf("empty queue after a lost request: %v %v", m, err)
+	}
+	if p.sub.Subject == old {
+		t.Fatal("the puller kept the subscription of the request it gave up on")
+	}
+	late := nats.NewMsg(old)
+	late.Header.Set("Status", "408")
+	if err := c.nc.PublishMsg(late); err != nil {
+		t.Fatal(err)
+	}
+	receive(publishTo(0), 1)
+
+	// The consumer goes away while a request waits: an error, not a
+	// silent wait for the full period.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.next(ctx, 20*time.Second)
+		errc <- err
+	}()
+	eventually(t, 5*time.Second, func() bool {
+		_, waiting, err := c.shardUse(ctx, 0)
+		return err == nil && waiting > 0
+	}, "the request does not wait on the broker")
+	if err := c.js.DeleteConsumer(ctx, stream, contracts.ConsumerDelivery); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("consumer deleted: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("next did not return when the consumer was deleted")
+	}
+}

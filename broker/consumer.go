@@ -2,31 +2,31 @@ package broker
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 )
 
 // Msg is one job handed to a delivery worker. Exactly one of Ack, Nak or
 // Term must be called; InProgress keeps it from being redelivered while a
 // long SMTP session runs.
 type Msg struct {
-	m    jetstream.Msg
-	meta *jetstream.MsgMetadata
+	m    *nats.Msg
+	meta *nats.MsgMetadata
 }
 
 // Data is the payload (decode with contracts.DecodeJob).
-func (m *Msg) Data() []byte { return m.m.Data() }
+func (m *Msg) Data() []byte { return m.m.Data }
 
 // Subject is the job subject.
-func (m *Msg) Subject() string { return m.m.Subject() }
+func (m *Msg) Subject() string { return m.m.Subject }
 
 // Header returns one header value.
-func (m *Msg) Header(key string) string { return m.m.Headers().Get(key) }
+func (m *Msg) Header(key string) string { return m.m.Header.Get(key) }
 
 // Delivered is how many times the broker has handed out this message (1 on
 // the first delivery).
@@ -45,10 +45,18 @@ func (m *Msg) StreamSeq() uint64 {
 	return m.meta.Sequence.Stream
 }
 
+// ackTimeout bounds an Ack whose context has no deadline.
+const ackTimeout = 5 * time.Second
+
 // Ack finishes the job and waits for the broker to confirm it: only then is
 // the job gone from the queue.
 func (m *Msg) Ack(ctx context.Context) error {
-	if err := m.m.DoubleAck(ctx); err != nil {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ackTimeout)
+		defer cancel()
+	}
+	if err := m.m.AckSync(nats.Context(ctx)); err != nil {
 		return fmt.Errorf("%w: ack: %v", ErrUnavailable, err)
 	}
 	return nil
@@ -79,17 +87,27 @@ func (m *Msg) InProgress() error { return m.m.InProgress() }
 // shards, so the limit holds and no shard is left out (a job may then
 // wait a few seconds for its turn).
 func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(context.Context, *Msg)) error {
-	cons := make([]jetstream.Consumer, len(c.queues))
-	for i := range cons {
-		var err error
-		cons[i], err = c.js.Consumer(ctx, contracts.QueueStream(i), contracts.ConsumerDelivery)
-		if err != nil {
-			return fmt.Errorf("delivery consumer of %s: %w", contracts.QueueStream(i), err)
+	streams := make([]string, len(c.queues))
+	for i := range streams {
+		streams[i] = contracts.QueueStream(i)
+		if _, err := c.js.Consumer(ctx, streams[i], contracts.ConsumerDelivery); err != nil {
+			return fmt.Errorf("delivery consumer of %s: %w", streams[i], err)
 		}
 	}
-	loops := make([][]jetstream.Consumer, max(concurrency, 1))
-	for i := range max(len(loops), len(cons)) {
-		loops[i%len(loops)] = append(loops[i%len(loops)], cons[i%len(cons)])
+	loops := make([][]*puller, max(concurrency, 1))
+	defer func() {
+		for _, mine := range loops {
+			for _, p := range mine {
+				p.close()
+			}
+		}
+	}()
+	for i := range max(len(loops), len(streams)) {
+		p, err := newPuller(c.nc, streams[i%len(streams)], contracts.ConsumerDelivery)
+		if err != nil {
+			return err
+		}
+		loops[i%len(loops)] = append(loops[i%len(loops)], p)
 	}
 	var wg sync.WaitGroup
 	for _, mine := range loops {
@@ -108,22 +126,17 @@ func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(c
 // waits up to 2 s on each in turn. The broker's side of a fetch expires a
 // tenth of the wait before the client stops listening: a job sent at the
 // last moment must still find the loop there, or it sits out an AckWait.
-func (c *Client) fetchLoop(ctx context.Context, cons []jetstream.Consumer, handle func(context.Context, *Msg)) {
+func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(context.Context, *Msg)) {
 	wait := 30 * time.Second
 	if len(cons) > 1 {
 		wait = 2 * time.Second
 	}
 	backoff := 100 * time.Millisecond
 	for turn := 0; ctx.Err() == nil; turn++ {
-		fctx, cancel := context.WithTimeout(ctx, wait)
-		jm, err := cons[turn%len(cons)].Next(jetstream.FetchContext(fctx))
-		cancel()
+		m, err := cons[turn%len(cons)].next(ctx, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
-			}
-			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) || errors.Is(err, jetstream.ErrNoMessages) {
-				continue // nothing to do on this shard for now
 			}
 			c.log.Warn().Err(err).Msg("fetching jobs failed, retrying")
 			select {
@@ -136,8 +149,117 @@ func (c *Client) fetchLoop(ctx context.Context, cons []jetstream.Consumer, handl
 			}
 			continue
 		}
+		if m == nil {
+			continue // nothing to do on this shard for now
+		}
 		backoff = 100 * time.Millisecond
-		meta, _ := jm.Metadata()
-		handle(context.WithoutCancel(ctx), &Msg{m: jm, meta: meta})
+		meta, _ := m.Metadata()
+		handle(context.WithoutCancel(ctx), &Msg{m: m, meta: meta})
+	}
+}
+
+// puller asks one consumer for one job at a time over a subscription it
+// keeps for the life of its fetch loop. (nats.go's Consumer.Next opens and
+// closes a subscription and starts a goroutine for every job: per job a
+// SUB and an UNSUB for the server, and a change to its subject index.)
+//
+// At most one request is in flight, and the broker ends every request
+// with a job or a status (408 when it expires, 409 when it cannot be
+// served), so whatever arrives on the subscription answers that request.
+// When no answer came at all by the time the loop stops waiting (a broker
+// restart or a reconnect lost the request), the puller moves to a new
+// subscription: a late answer to the old request goes nowhere, as it would
+// with nats.go (a job then waits out its AckWait), instead of being taken
+// for the answer to the next one.
+type puller struct {
+	nc      *nats.Conn
+	subject string // the consumer's next-message request subject
+	sub     *nats.Subscription
+	waiting bool      // a request is in flight
+	until   time.Time // when the loop stops waiting for it
+}
+
+func newPuller(nc *nats.Conn, stream, consumer string) (*puller, error) {
+	p := &puller{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer}
+	if err := p.subscribe(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *puller) subscribe() error {
+	sub, err := p.nc.SubscribeSync(p.nc.NewInbox())
+	if err != nil {
+		return fmt.Errorf("%w: subscribe for jobs: %v", ErrUnavailable, err)
+	}
+	p.sub = sub
+	return nil
+}
+
+func (p *puller) close() {
+	if p.sub != nil {
+		_ = p.sub.Unsubscribe()
+	}
+}
+
+// pullRequest is the body of a next-message request for one job.
+type pullRequest struct {
+	Batch   int           `json:"batch"`
+	Expires time.Duration `json:"expires"`
+}
+
+// next returns the next job, or nil when wait passed without one.
+func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error) {
+	if p.waiting && time.Now().After(p.until) {
+		// The last request got no answer in time: leave it behind.
+		p.close()
+		p.sub, p.waiting = nil, false
+	}
+	if p.sub == nil {
+		if err := p.subscribe(); err != nil {
+			return nil, err
+		}
+	}
+	if !p.waiting {
+		// The broker ends the request a tenth of the wait before the
+		// loop gives up on it, so that its answer arrives in time.
+		req, _ := json.Marshal(pullRequest{Batch: 1, Expires: wait - wait/10})
+		if err := p.nc.PublishRequest(p.subject, p.sub.Subject, req); err != nil {
+			return nil, fmt.Errorf("%w: ask for a job: %v", ErrUnavailable, err)
+		}
+		p.waiting, p.until = true, time.Now().Add(wait)
+	}
+	wctx, cancel := context.WithDeadline(ctx, p.until)
+	defer cancel()
+	for {
+		m, err := p.sub.NextMsgWithContext(wctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if wctx.Err() != nil {
+				return nil, nil // still waiting: the next call replaces it
+			}
+			p.close()
+			p.sub, p.waiting = nil, false
+			return nil, fmt.Errorf("%w: wait for a job: %v", ErrUnavailable, err)
+		}
+		status := ""
+		if len(m.Data) == 0 && m.Header != nil {
+			status = m.Header.Get("Status")
+		}
+		switch status {
+		case "": // a job
+			p.waiting = false
+			return m, nil
+		case "100": // a heartbeat (not asked for): keep waiting
+			continue
+		case "404", "408": // no job before the request expired
+			p.waiting = false
+			return nil, nil
+		default: // 409: consumer deleted, leader changed, server shutting down...
+			p.waiting = false
+			return nil, fmt.Errorf("%w: ask for a job: %s %s", ErrUnavailable, status, m.Header.Get("Description"))
+		}
 	}
 }
