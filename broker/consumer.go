@@ -171,10 +171,16 @@ func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(cont
 // subscription: a late answer to the old request goes nowhere, as it would
 // with nats.go (a job then waits out its AckWait), instead of being taken
 // for the answer to the next one.
+//
+// The subscription delivers into a small channel of the puller's own: a
+// synchronous subscription would allocate nats.go's default 64k-entry
+// channel (512 KiB) for each loop (32 by default); one answer at a time
+// needs a few.
 type puller struct {
 	nc      *nats.Conn
 	subject string // the consumer's next-message request subject
 	sub     *nats.Subscription
+	msgs    chan *nats.Msg
 	waiting bool      // a request is in flight
 	until   time.Time // when the loop stops waiting for it
 }
@@ -188,11 +194,12 @@ func newPuller(nc *nats.Conn, stream, consumer string) (*puller, error) {
 }
 
 func (p *puller) subscribe() error {
-	sub, err := p.nc.SubscribeSync(p.nc.NewInbox())
+	msgs := make(chan *nats.Msg, 8)
+	sub, err := p.nc.ChanSubscribe(p.nc.NewInbox(), msgs)
 	if err != nil {
 		return fmt.Errorf("%w: subscribe for jobs: %v", ErrUnavailable, err)
 	}
-	p.sub = sub
+	p.sub, p.msgs = sub, msgs
 	return nil
 }
 
@@ -232,17 +239,14 @@ func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error
 	wctx, cancel := context.WithDeadline(ctx, p.until)
 	defer cancel()
 	for {
-		m, err := p.sub.NextMsgWithContext(wctx)
-		if err != nil {
+		var m *nats.Msg
+		select {
+		case m = <-p.msgs:
+		case <-wctx.Done():
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if wctx.Err() != nil {
-				return nil, nil // still waiting: the next call replaces it
-			}
-			p.close()
-			p.sub, p.waiting = nil, false
-			return nil, fmt.Errorf("%w: wait for a job: %v", ErrUnavailable, err)
+			return nil, nil // still waiting: the next call replaces it
 		}
 		status := ""
 		if len(m.Data) == 0 && m.Header != nil {
