@@ -41,18 +41,8 @@ func AppendJob(dst []byte, j *Job, body ...[]byte) ([]byte, error) {
 		n += len(p)
 	}
 	if j.Body.Inline() {
-		var sum [sha256.Size]byte
-		if len(body) == 1 {
-			sum = sha256.Sum256(body[0])
-		} else {
-			h := sha256.New()
-			for _, p := range body {
-				h.Write(p)
-			}
-			h.Sum(sum[:0])
-		}
 		j.Body.Size = int64(n)
-		j.Body.SHA256 = hex.EncodeToString(sum[:])
+		j.Body.SHA256 = Digest(body...)
 	} else if n != 0 {
 		return nil, fmt.Errorf("%w: job %s has a body object and inline bytes", ErrMalformed, j.JobID())
 	}
@@ -115,9 +105,19 @@ func DecodeDeadLetter(data []byte) (*DeadLetter, []byte, error) {
 	return &d, body, nil
 }
 
-// Digest is the hex SHA-256 of b, as stored in Body.SHA256.
-func Digest(b []byte) string {
-	sum := sha256.Sum256(b)
+// Digest is the hex SHA-256 of b (its parts taken in order, as if
+// joined), as stored in Body.SHA256.
+func Digest(b ...[]byte) string {
+	var sum [sha256.Size]byte
+	if len(b) == 1 {
+		sum = sha256.Sum256(b[0])
+	} else {
+		h := sha256.New()
+		for _, p := range b {
+			h.Write(p)
+		}
+		h.Sum(sum[:0])
+	}
 	return hex.EncodeToString(sum[:])
 }
 
