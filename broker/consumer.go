@@ -181,8 +181,10 @@ type puller struct {
 	subject string // the consumer's next-message request subject
 	sub     *nats.Subscription
 	msgs    chan *nats.Msg
-	waiting bool      // a request is in flight
-	until   time.Time // when the loop stops waiting for it
+	req     []byte        // the request body for wait reqWait
+	reqWait time.Duration // (a loop always waits the same)
+	waiting bool          // a request is in flight
+	until   time.Time     // when the loop stops waiting for it
 }
 
 func newPuller(nc *nats.Conn, stream, consumer string) (*puller, error) {
@@ -228,10 +230,14 @@ func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error
 		}
 	}
 	if !p.waiting {
-		// The broker ends the request a tenth of the wait before the
-		// loop gives up on it, so that its answer arrives in time.
-		req, _ := json.Marshal(pullRequest{Batch: 1, Expires: wait - wait/10})
-		if err := p.nc.PublishRequest(p.subject, p.sub.Subject, req); err != nil {
+		if p.req == nil || p.reqWait != wait {
+			// The broker ends the request a tenth of the wait before
+			// the loop gives up on it, so that its answer arrives in
+			// time.
+			p.req, _ = json.Marshal(pullRequest{Batch: 1, Expires: wait - wait/10})
+			p.reqWait = wait
+		}
+		if err := p.nc.PublishRequest(p.subject, p.sub.Subject, p.req); err != nil {
 			return nil, fmt.Errorf("%w: ask for a job: %v", ErrUnavailable, err)
 		}
 		p.waiting, p.until = true, time.Now().Add(wait)
