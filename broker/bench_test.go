@@ -1,5 +1,3 @@
-//go:build unix
-
 package broker
 
 import (
@@ -7,10 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jetrelay/jetrelay/internal/bench"
 	"github.com/rs/zerolog"
 )
 
@@ -37,7 +35,7 @@ func BenchmarkBodyRoundTrip(b *testing.B) {
 			body := bytes.Repeat([]byte("0123456789abcde\n"), size/16)
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
-			cpu0 := processCPU()
+			cpu0 := bench.SelfCPU()
 			i := 0
 			for b.Loop() {
 				i++
@@ -58,16 +56,7 @@ func BenchmarkBodyRoundTrip(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric((processCPU()-cpu0)*1000/float64(b.N), "cpu-ms/op")
+			b.ReportMetric((bench.SelfCPU()-cpu0)*1000/float64(b.N), "cpu-ms/op")
 		})
 	}
-}
-
-// processCPU is the CPU time of this process so far, in seconds.
-func processCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

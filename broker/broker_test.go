@@ -588,17 +588,12 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 // acknowledged (or removed) it.
 func queueSettles(t *testing.T, c *Client, msg string, want func(QueueState) bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, err := c.QueueState(context.Background())
-		if err == nil && want(st) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %+v %v", msg, st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var st QueueState
+	eventually(t, 5*time.Second, func() bool {
+		var err error
+		st, err = c.QueueState(context.Background())
+		return err == nil && want(st)
+	}, "%s: %+v", msg, &st)
 }
 
 // storedJobs is the number of messages in the queue's streams, which is
@@ -616,13 +611,14 @@ func storedJobs(t *testing.T, c *Client) uint64 {
 	return n
 }
 
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg string) {
+// eventually polls cond until it holds or timeout passes; the failure
+// message is formatted then, so args may point at what cond last saw.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal(msg)
+			t.Fatalf(format, args...)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -2,6 +2,6 @@
 
 package bench
 
-// selfCPU is not measured on this platform (the process-tree sampling of
+// SelfCPU is not measured on this platform (the process-tree sampling of
 // the relay under test reads /proc and is Linux-only as well).
-func selfCPU() float64 { return 0 }
+func SelfCPU() float64 { return 0 }

@@ -4,8 +4,9 @@ package bench
 
 import "syscall"
 
-// selfCPU is the CPU time of this process so far, in seconds.
-func selfCPU() float64 {
+// SelfCPU is the CPU time of this process so far, in seconds (the bench
+// process's own, and the Go benchmarks' CPU per operation).
+func SelfCPU() float64 {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

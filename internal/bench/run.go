@@ -253,7 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return res, fmt.Errorf("process measurement: %w", err)
 		}
 	}
-	cpu0 := selfCPU()
+	cpu0 := SelfCPU()
 	start := time.Now()
 	tr.start = start
 	res.Start = start.UTC().Format(time.RFC3339Nano)
@@ -279,7 +279,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 		}
 	}
-	res.BenchCPUSeconds = round(selfCPU() - cpu0)
+	res.BenchCPUSeconds = round(SelfCPU() - cpu0)
 	if !cfg.SinkOnly {
 		fillResult(res, cfg, tr, ls, sink != nil)
 	}
