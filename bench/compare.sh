@@ -24,6 +24,10 @@
 #   SKIP_INSTALL=0          1: do not apt-get (Postfix must be installed)
 #   POSTFIX_LOG=0           1: Postfix logs to $WORK/postfix.log (costs a little)
 #   BENCH_ARGS=""           extra flags for every `jetrelay bench` run (e.g. --no-pss)
+#   LOADGEN=bench           bench: `jetrelay bench` sends and receives (the default);
+#                           smtp-source: Postfix's own smtp-source sends, as in the
+#                           issue's reference figures, and `jetrelay bench --sink-only`
+#                           receives and measures the relay (cases 1k, 100k, 10m only)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -41,6 +45,7 @@ WORK=${WORK:-/var/tmp/jetrelay-bench}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 POSTFIX_LOG=${POSTFIX_LOG:-0}
 BENCH_ARGS=${BENCH_ARGS:-}
+LOADGEN=${LOADGEN:-bench}
 
 # Loopback only.
 POSTFIX_LISTEN=127.0.0.1:2526
@@ -240,13 +245,102 @@ case_args() {
 }
 for c in $CASES; do case_args "$c" >/dev/null || die "unknown case $c"; done
 
+# source_len NAME: smtp-source's -l for the cases it can send (one
+# recipient each): the body's bytes, the case's size less the 166 bytes of
+# headers smtp-source adds of its own. It sends HELO, not EHLO, and waits
+# for every reply (no PIPELINING), like many applications.
+source_len() {
+	case $1 in
+	1k) echo 858 ;;
+	100k) echo 102234 ;;
+	10m) echo 10485594 ;;
+	*) return 1 ;;
+	esac
+}
+source_count() {
+	case $1 in
+	1k) scale "$N_1K" ;;
+	100k) scale "$N_100K" ;;
+	10m) scale "$N_10M" ;;
+	esac
+}
+case $LOADGEN in
+bench) ;;
+smtp-source)
+	command -v smtp-source >/dev/null || die "smtp-source is missing (it comes with the postfix package)"
+	command -v jq >/dev/null || die "LOADGEN=smtp-source needs jq"
+	[ "$PER_CONN" = 1 ] || die "LOADGEN=smtp-source sends one message per session (PER_CONN=1)"
+	for c in $CASES; do source_len "$c" >/dev/null || die "LOADGEN=smtp-source: case $c has several recipients or sessions; use 1k, 100k, 10m"; done
+	;;
+*) die "LOADGEN: bench or smtp-source" ;;
+esac
+
 FAILED=0
+# run_source relay case run target sink pid: smtp-source sends, the bench
+# sink receives and samples the relay. One JSON line per run in $OUT:
+# accepted/s over smtp-source's run, delivered/s from its start until the
+# sink had every message, the relay's CPU and peak RSS/PSS.
+run_source() {
+	local relay=$1 cas=$2 target=$4 sink=$5 pid=$6 n spid t0 t1 t2 rc=0
+	n=$(source_count "$cas")
+	# shellcheck disable=SC2086
+	"$JR" bench --sink-only --sink "$sink" --count "$n" --label "$relay" --case "$cas" \
+		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json $BENCH_ARGS >"$WORK/sink.json" 2>>"$LOG" &
+	spid=$!
+	if ! wait_port "$sink" 10; then
+		kill "$spid" 2>/dev/null
+		die "the bench sink does not listen on $sink"
+	fi
+	t0=$(date +%s%N)
+	timeout "$TIMEOUT" smtp-source -s "$CONC" -m "$n" -l "$(source_len "$cas")" \
+		-f bench@source.bench.example -t u0@d0.bench.example -M source.bench.example \
+		"$target" >>"$LOG" 2>&1 || rc=$?
+	t1=$(date +%s%N)
+	# Not every message went out: do not wait for the sink's timeout.
+	[ "$rc" = 0 ] || kill "$spid" 2>/dev/null
+	if ! wait "$spid" && [ "$rc" = 0 ]; then rc=1; fi
+	t2=$(date +%s%N)
+	jq -c --arg relay "$relay" --arg cas "$cas" --argjson n "$n" --argjson t0 "$t0" \
+		--argjson t1 "$t1" --argjson t2 "$t2" --argjson rc "$rc" '{
+		loadgen: "smtp-source", label: $relay, case: $cas, messages: $n, ok: ($rc == 0 and .ok),
+		accepted_per_sec: ($n * 1e9 / ($t1 - $t0)), delivered_per_sec: ($n * 1e9 / ($t2 - $t0)),
+		sink_msgs_per_sec, sink_stats, process, bench_cpu_seconds}' "$WORK/sink.json" >"$WORK/last.json" ||
+		{ rc=1; echo '{}' >"$WORK/last.json"; }
+	cat "$WORK/last.json" >>"$OUT"
+	log "$(jq -r '"\(.label) \(.case) run '"$3"' (smtp-source): ok=\(.ok) accepted \(.accepted_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s cpu \(.process.cpu_seconds)s rss \(.process.rss_peak_mib|floor)MiB"' "$WORK/last.json")"
+	[ "$rc" = 0 ] || FAILED=$((FAILED + 1))
+	sleep 2 # let the relay settle (bounded)
+}
+
+# source_report FILE: a Markdown table of the medians of the smtp-source runs.
+source_report() {
+	jq -rs '
+	def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+	def r: if . == null then "-" else (. * 10 | round / 10 | tostring) end;
+	group_by(.case) | map(
+		. as $runs | ($runs | map(select(.label == "postfix")) | map(.delivered_per_sec) | median) as $pf |
+		($runs | group_by(.label) | reverse | .[] | {
+			case: .[0].case, label: .[0].label, runs: length,
+			acc: (map(.accepted_per_sec) | median), del: (map(.delivered_per_sec) | median),
+			cpu: (map(.process.cpu_seconds * 1000 / .messages) | median),
+			rss: (map(.process.rss_peak_mib) | median), pss: (map(.process.pss_peak_mib) | median),
+			ratio: (if $pf == null or .[0].label == "postfix" then null else ((map(.delivered_per_sec) | median) / $pf) end)})
+	) | flatten |
+	("| case | relay | runs | accepted msg/s | delivered msg/s | ratio | CPU ms/msg | peak RSS MiB | peak PSS MiB |",
+	 "|---|---|---|---|---|---|---|---|---|",
+	 (.[] | "| \(.case) | \(.label) | \(.runs) | \(.acc|r) | \(.del|r) | \(if .ratio == null then "" else (.ratio * 100 | round / 100 | tostring) + "×" end) | \(.cpu * 100 | round / 100) | \(.rss|r) | \(.pss|r) |"))' "$1"
+}
+
 run_one() { # relay case run
 	local relay=$1 cas=$2 target sink pid args rc=0
 	if [ "$relay" = postfix ]; then
 		target=$POSTFIX_LISTEN sink=$POSTFIX_SINK pid=$PF_PID
 	else
 		target=$JETRELAY_LISTEN sink=$JETRELAY_SINK pid=$JPID
+	fi
+	if [ "$LOADGEN" = smtp-source ]; then
+		run_source "$relay" "$cas" "$3" "$target" "$sink" "$pid"
+		return
 	fi
 	args=$(case_args "$cas")
 	# shellcheck disable=SC2086
@@ -285,9 +379,13 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 
 {
-	echo "jetrelay bench/compare.sh, $STAMP: $(nproc) CPUs, RUNS=$RUNS CONC=$CONC PER_CONN=$PER_CONN SCALE_PCT=$SCALE_PCT, medians"
+	echo "jetrelay bench/compare.sh, $STAMP: $(nproc) CPUs, RUNS=$RUNS CONC=$CONC PER_CONN=$PER_CONN SCALE_PCT=$SCALE_PCT LOADGEN=$LOADGEN, medians"
 	echo
-	"$JR" bench report --baseline postfix "$OUT"
+	if [ "$LOADGEN" = smtp-source ]; then
+		source_report "$OUT"
+	else
+		"$JR" bench report --baseline postfix "$OUT"
+	fi
 } | tee "$REPORT"
 log "report: $REPORT"
 [ "$FAILED" = 0 ] || die "$FAILED bench runs failed (see $OUT and $LOG)"
