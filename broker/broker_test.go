@@ -684,7 +684,7 @@ func TestPuller(t *testing.T) {
 	c := provisioned(t) // 3 shards
 	ctx := context.Background()
 	stream := contracts.QueueStream(0)
-	p, err := newPuller(c.nc, stream, contracts.ConsumerDelivery)
+	p, err := newPuller(c.nc, c.reconnected, stream, contracts.ConsumerDelivery)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -751,6 +751,19 @@ func TestPuller(t *testing.T) {
 	}
 	receive(publishTo(0), 1)
 
+	// An answer that arrived after the loop stopped listening is taken by
+	// the next call, even when the request's time is up: leaving it
+	// behind would leave the job to its AckWait.
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := p.next(gone, 5*time.Second); !errors.Is(err, context.Canceled) || !p.waiting {
+		t.Fatalf("cancelled next: %v, request in flight %v", err, p.waiting)
+	}
+	j := publishTo(0)
+	eventually(t, 5*time.Second, func() bool { return len(p.msgs) > 0 }, "the job did not arrive")
+	p.until = time.Now().Add(-time.Millisecond)
+	receive(j, 1)
+
 	// The consumer goes away while a request waits: an error, not a
 	// silent wait for the full period.
 	errc := make(chan error, 1)
@@ -773,4 +786,147 @@ func TestPuller(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("next did not return when the consumer was deleted")
 	}
+}
+
+// A broker that dies takes the request a puller has in flight with it,
+// without a word (a server that shuts down cleanly ends its requests with
+// a 409 first). Once the connection is back, the puller asks again at once
+// instead of waiting out the lost request (up to 30 s in a fetch loop).
+func TestPullerAfterBrokerRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := startTest(t, dir)
+	addr := strings.TrimPrefix(e.Credentials().URL, "nats://")
+	proxy := newCutProxy(t, addr)
+	cr := e.Credentials()
+	c, err := Connect(context.Background(), ConnectOptions{Name: "test", URLs: []string{"nats://" + proxy.addr}, User: cr.User, Password: cr.Password}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPuller(c.nc, c.reconnected, contracts.QueueStream(0), contracts.ConsumerDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	type result struct {
+		m   *nats.Msg
+		err error
+		at  time.Time
+	}
+	res := make(chan result, 1)
+	go func() {
+		m, err := p.next(ctx, 30*time.Second)
+		res <- result{m, err, time.Now()}
+	}()
+	eventually(t, 5*time.Second, func() bool {
+		_, waiting, err := c.shardUse(ctx, 0)
+		return err == nil && waiting > 0
+	}, "the request does not wait on the broker")
+
+	// The broker "dies": the client loses it before the server can say
+	// anything, and a new server starts on the same store and port.
+	proxy.cut()
+	e.Shutdown()
+	e2, err := StartEmbedded(EmbeddedOptions{DataDir: dir, Listen: addr, SyncAlways: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e2.Shutdown)
+	proxy.restore()
+	eventually(t, 10*time.Second, c.nc.IsConnected, "the client did not reconnect")
+
+	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+	var published time.Time
+	eventually(t, 10*time.Second, func() bool {
+		published = time.Now()
+		return c.PublishJob(ctx, j, []byte("body\r\n")) == nil
+	}, "no publish after the restart")
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the puller still waits on the request the broker took with it")
+	}
+	if r.m == nil {
+		// The puller gave up on the lost request before the job was
+		// there (or found the new server not ready yet): its loop asks
+		// again, as this does.
+		m, err := p.next(ctx, 5*time.Second)
+		if err != nil || m == nil {
+			t.Fatalf("after the restart: %v, then %v %v", r.err, m, err)
+		}
+		r = result{m, nil, time.Now()}
+	}
+	if got := r.m.Header.Get(contracts.HeaderQueueID); got != j.QueueID {
+		t.Fatalf("got job %q, want %s", got, j.QueueID)
+	}
+	if d := r.at.Sub(published); d > 10*time.Second {
+		t.Fatalf("the job published after the restart took %v to reach the puller", d)
+	}
+}
+
+// cutProxy is a TCP proxy to a NATS server whose connections can be cut
+// before the server notices, as when the server's machine goes away.
+type cutProxy struct {
+	addr  string
+	mu    sync.Mutex
+	down  bool
+	conns []net.Conn
+}
+
+func newCutProxy(t *testing.T, server string) *cutProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{addr: l.Addr().String()}
+	t.Cleanup(func() { l.Close(); p.cut() })
+	go func() {
+		for {
+			cc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			down := p.down
+			p.mu.Unlock()
+			if down {
+				cc.Close()
+				continue
+			}
+			sc, err := net.Dial("tcp", server)
+			if err != nil {
+				cc.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, cc, sc)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(sc, cc); sc.Close() }()
+			go func() { _, _ = io.Copy(cc, sc); cc.Close() }()
+		}
+	}()
+	return p
+}
+
+// cut closes every proxied connection and refuses new ones until restore.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }

@@ -56,12 +56,41 @@ type Client struct {
 	maxData int // largest inline body that fits a message with its envelope
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
+
+	// reconnected fires whenever the connection comes back after losing
+	// its server: requests in flight before may be gone with it.
+	reconnected *signal
+}
+
+// signal is a broadcast that can fire many times: a waiter takes the
+// current channel with Wait and sees it closed at the next Fire.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newSignal() *signal { return &signal{ch: make(chan struct{})} }
+
+// Wait returns a channel that is closed at the next Fire.
+func (s *signal) Wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch
+}
+
+// Fire wakes everyone waiting on the current channel.
+func (s *signal) Fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.ch)
+	s.ch = make(chan struct{})
 }
 
 // Connect opens the connection. It does not provision; call Provision (the
 // long-running stages do) or Bind (the CLI does) next.
 func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client, error) {
 	log = log.With().Str("component", "broker").Logger()
+	reconnected := newSignal()
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.MaxReconnects(-1),
@@ -82,6 +111,7 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("reconnected to broker")
+			reconnected.Fire()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			ev := log.Error().Err(err)
@@ -137,7 +167,7 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	c := &Client{nc: nc, js: js, log: log}
+	c := &Client{nc: nc, js: js, log: log, reconnected: reconnected}
 	return c, nil
 }
 

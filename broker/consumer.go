@@ -103,7 +103,7 @@ func (c *Client) ConsumeJobs(ctx context.Context, concurrency int, handle func(c
 		}
 	}()
 	for i := range max(len(loops), len(streams)) {
-		p, err := newPuller(c.nc, streams[i%len(streams)], contracts.ConsumerDelivery)
+		p, err := newPuller(c.nc, c.reconnected, streams[i%len(streams)], contracts.ConsumerDelivery)
 		if err != nil {
 			return err
 		}
@@ -166,11 +166,13 @@ func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(cont
 // At most one request is in flight, and the broker ends every request
 // with a job or a status (408 when it expires, 409 when it cannot be
 // served), so whatever arrives on the subscription answers that request.
-// When no answer came at all by the time the loop stops waiting (a broker
-// restart or a reconnect lost the request), the puller moves to a new
-// subscription: a late answer to the old request goes nowhere, as it would
-// with nats.go (a job then waits out its AckWait), instead of being taken
-// for the answer to the next one.
+// When no answer came at all by the time the loop stops waiting, or the
+// connection came back since the request was sent (a broker restart loses
+// the requests it held), the puller moves to a new subscription and asks
+// again: the server hands nothing to a request whose reply subject nobody
+// listens to any more, and a late answer that was already on its way goes
+// nowhere (a job then waits out its AckWait, as it would with nats.go)
+// instead of being taken for the answer to the next request.
 //
 // The subscription delivers into a small channel of the puller's own: a
 // synchronous subscription would allocate nats.go's default 64k-entry
@@ -178,17 +180,19 @@ func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(cont
 // needs a few.
 type puller struct {
 	nc      *nats.Conn
+	reconn  *signal
 	subject string // the consumer's next-message request subject
 	sub     *nats.Subscription
 	msgs    chan *nats.Msg
-	req     []byte        // the request body for wait reqWait
-	reqWait time.Duration // (a loop always waits the same)
-	waiting bool          // a request is in flight
-	until   time.Time     // when the loop stops waiting for it
+	req     []byte          // the request body for wait reqWait
+	reqWait time.Duration   // (a loop always waits the same)
+	waiting bool            // a request is in flight
+	until   time.Time       // when the loop stops waiting for it
+	sentOn  <-chan struct{} // closed once the connection came back after the request was sent
 }
 
-func newPuller(nc *nats.Conn, stream, consumer string) (*puller, error) {
-	p := &puller{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer}
+func newPuller(nc *nats.Conn, reconn *signal, stream, consumer string) (*puller, error) {
+	p := &puller{nc: nc, reconn: reconn, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer}
 	if err := p.subscribe(); err != nil {
 		return nil, err
 	}
@@ -211,6 +215,23 @@ func (p *puller) close() {
 	}
 }
 
+// lost reports whether the connection came back since the request in
+// flight was sent.
+func (p *puller) lost() bool {
+	select {
+	case <-p.sentOn:
+		return true
+	default:
+		return false
+	}
+}
+
+// abandon leaves the request in flight and its subscription behind.
+func (p *puller) abandon() {
+	p.close()
+	p.sub, p.waiting, p.sentOn = nil, false, nil
+}
+
 // pullRequest is the body of a next-message request for one job.
 type pullRequest struct {
 	Batch   int           `json:"batch"`
@@ -219,10 +240,10 @@ type pullRequest struct {
 
 // next returns the next job, or nil when wait passed without one.
 func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error) {
-	if p.waiting && time.Now().After(p.until) {
-		// The last request got no answer in time: leave it behind.
-		p.close()
-		p.sub, p.waiting = nil, false
+	if p.waiting && len(p.msgs) == 0 && (time.Now().After(p.until) || p.lost()) {
+		// The last request got no answer in time, or went with a server:
+		// leave it behind.
+		p.abandon()
 	}
 	if p.sub == nil {
 		if err := p.subscribe(); err != nil {
@@ -237,22 +258,37 @@ func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error
 			p.req, _ = json.Marshal(pullRequest{Batch: 1, Expires: wait - wait/10})
 			p.reqWait = wait
 		}
+		sentOn := p.reconn.Wait()
 		if err := p.nc.PublishRequest(p.subject, p.sub.Subject, p.req); err != nil {
 			return nil, fmt.Errorf("%w: ask for a job: %v", ErrUnavailable, err)
 		}
-		p.waiting, p.until = true, time.Now().Add(wait)
+		p.waiting, p.until, p.sentOn = true, time.Now().Add(wait), sentOn
 	}
 	wctx, cancel := context.WithDeadline(ctx, p.until)
 	defer cancel()
 	for {
 		var m *nats.Msg
 		select {
-		case m = <-p.msgs:
-		case <-wctx.Done():
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		case m = <-p.msgs: // an answer that is there goes first
+		default:
+			select {
+			case m = <-p.msgs:
+			case <-p.sentOn:
+				// Reconnected: the request may be gone with the
+				// server. An answer that made it is still taken;
+				// otherwise the caller's next call asks again at once.
+				select {
+				case m = <-p.msgs:
+				default:
+					p.abandon()
+					return nil, nil
+				}
+			case <-wctx.Done():
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, nil // still waiting: the next call replaces it
 			}
-			return nil, nil // still waiting: the next call replaces it
 		}
 		status := ""
 		if len(m.Data) == 0 && m.Header != nil {

@@ -30,6 +30,10 @@
 //   - Nothing is buffered while disconnected: a publish, fetch or ack fails
 //     at once and its caller retries, so no copy is sent behind a caller's
 //     back after it has given up.
+//   - A delivery loop that has a request for a job in flight when the
+//     connection comes back after losing its server asks again at once:
+//     a server that died took the request with it, and waiting it out
+//     would stall delivery for up to 30 s.
 //   - Provisioning is idempotent and safe when several processes start at
 //     once; Bind (the CLI) attaches without creating or changing anything.
 //   - A body is released only when its last holder lets go of it.
