@@ -144,6 +144,54 @@ for a in $POSTFIX_LISTEN $POSTFIX_SINK $JETRELAY_LISTEN $JETRELAY_SINK; do
 	port_busy "$a" && die "$a is in use: stop what listens there first"
 done
 
+# ---- cases ------------------------------------------------------------------
+scale() { local n=$(($1 * SCALE_PCT / 100)); [ "$n" -ge 1 ] && echo "$n" || echo 1; }
+
+# case_args NAME: the bench flags of a case.
+case_args() {
+	case $1 in
+	1k) echo "--count $(scale "$N_1K") --size 1KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	100k) echo "--count $(scale "$N_100K") --size 100KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	10m) echo "--count $(scale "$N_10M") --size 10MiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
+	rcpt10) echo "--count $(scale "$N_RCPT10") --size 1KiB --rcpts 10 --domains 2 --concurrency $CONC --per-conn $PER_CONN" ;;
+	# One message just under the 25 MiB limit (26214400 bytes, which
+	# jetrelay's ingress.max_message_bytes counts with its Received header).
+	mem25m) echo "--count 1 --size 26213376 --rcpts 1 --concurrency 1 --per-conn 1" ;;
+	*) return 1 ;;
+	esac
+}
+for c in $CASES; do case_args "$c" >/dev/null || die "unknown case $c"; done
+
+# source_len NAME: smtp-source's -l for the cases it can send (one
+# recipient each): the body's bytes, the case's size less the 166 bytes of
+# headers smtp-source adds of its own. It sends HELO, not EHLO, and waits
+# for every reply (no PIPELINING), like many applications.
+source_len() {
+	case $1 in
+	1k) echo 858 ;;
+	100k) echo 102234 ;;
+	10m) echo 10485594 ;;
+	*) return 1 ;;
+	esac
+}
+source_count() {
+	case $1 in
+	1k) scale "$N_1K" ;;
+	100k) scale "$N_100K" ;;
+	10m) scale "$N_10M" ;;
+	esac
+}
+case $LOADGEN in
+bench) ;;
+smtp-source)
+	command -v smtp-source >/dev/null || die "smtp-source is missing (it comes with the postfix package)"
+	command -v jq >/dev/null || die "LOADGEN=smtp-source needs jq"
+	[ "$PER_CONN" = 1 ] || die "LOADGEN=smtp-source sends one message per session (PER_CONN=1)"
+	for c in $CASES; do source_len "$c" >/dev/null || die "LOADGEN=smtp-source: case $c has several recipients or sessions; use 1k, 100k, 10m"; done
+	;;
+*) die "LOADGEN: bench or smtp-source" ;;
+esac
+
 # ---- build jetrelay -------------------------------------------------------
 log "building jetrelay"
 (cd "$ROOT" && go build -o "$JR" ./cmd/jetrelay) || die "go build failed"
@@ -226,54 +274,6 @@ log:
 EOF
 	start_jetrelay
 fi
-
-# ---- cases ------------------------------------------------------------------
-scale() { local n=$(($1 * SCALE_PCT / 100)); [ "$n" -ge 1 ] && echo "$n" || echo 1; }
-
-# case_args NAME: the bench flags of a case.
-case_args() {
-	case $1 in
-	1k) echo "--count $(scale "$N_1K") --size 1KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
-	100k) echo "--count $(scale "$N_100K") --size 100KiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
-	10m) echo "--count $(scale "$N_10M") --size 10MiB --rcpts 1 --concurrency $CONC --per-conn $PER_CONN" ;;
-	rcpt10) echo "--count $(scale "$N_RCPT10") --size 1KiB --rcpts 10 --domains 2 --concurrency $CONC --per-conn $PER_CONN" ;;
-	# One message just under the 25 MiB limit (26214400 bytes, which
-	# jetrelay's ingress.max_message_bytes counts with its Received header).
-	mem25m) echo "--count 1 --size 26213376 --rcpts 1 --concurrency 1 --per-conn 1" ;;
-	*) return 1 ;;
-	esac
-}
-for c in $CASES; do case_args "$c" >/dev/null || die "unknown case $c"; done
-
-# source_len NAME: smtp-source's -l for the cases it can send (one
-# recipient each): the body's bytes, the case's size less the 166 bytes of
-# headers smtp-source adds of its own. It sends HELO, not EHLO, and waits
-# for every reply (no PIPELINING), like many applications.
-source_len() {
-	case $1 in
-	1k) echo 858 ;;
-	100k) echo 102234 ;;
-	10m) echo 10485594 ;;
-	*) return 1 ;;
-	esac
-}
-source_count() {
-	case $1 in
-	1k) scale "$N_1K" ;;
-	100k) scale "$N_100K" ;;
-	10m) scale "$N_10M" ;;
-	esac
-}
-case $LOADGEN in
-bench) ;;
-smtp-source)
-	command -v smtp-source >/dev/null || die "smtp-source is missing (it comes with the postfix package)"
-	command -v jq >/dev/null || die "LOADGEN=smtp-source needs jq"
-	[ "$PER_CONN" = 1 ] || die "LOADGEN=smtp-source sends one message per session (PER_CONN=1)"
-	for c in $CASES; do source_len "$c" >/dev/null || die "LOADGEN=smtp-source: case $c has several recipients or sessions; use 1k, 100k, 10m"; done
-	;;
-*) die "LOADGEN: bench or smtp-source" ;;
-esac
 
 FAILED=0
 # run_source relay case run target sink pid: smtp-source sends, the bench
