@@ -277,25 +277,35 @@ func TestFaultKillEverything(t *testing.T) {
 	s.addIngress(1)
 	s.addWorkers(2)
 	s.startAll()
-	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
-	start := time.Now()
-	testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= 800 }, "load stalled")
-	rate := float64(l.Accepted()) / time.Since(start).Seconds()
+	l, rate := s.loadUntil(800)
 	all := append(append(append([]*node{}, s.brokers...), s.ingress...), s.workers...)
 	for _, n := range all {
 		n.proc.Kill()
 	}
 	s.startAll()
 	l.Wait()
-	// The kill windows: the jobs in flight at the two workers (8 each), the
-	// clients that lost their connection after the dot (in doubt), and the
-	// acknowledgements of the last 100 ms, which a single broker persists
-	// with its consumer state at most every 100 ms (NATS's flush interval).
-	v := s.check(l, 2*8+20+int(rate*0.15))
+	v := s.check(l, killWindows(2, rate))
 	if v.Accepted != 2000 {
 		t.Fatal(v)
 	}
 }
+
+// loadUntil starts 2,000 messages over 20 sessions and returns once n of
+// them were accepted, with the rate of acceptance so far.
+func (s *stack) loadUntil(n int64) (*testenv.Load, float64) {
+	s.t.Helper()
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
+	start := time.Now()
+	testenv.Eventually(s.t, 2*time.Minute, func() bool { return l.Accepted() >= n }, "load stalled")
+	return l, float64(l.Accepted()) / time.Since(start).Seconds()
+}
+
+// killWindows is how many duplicates a SIGKILL of the single broker may
+// explain: the jobs in flight at the workers (8 each), the clients that
+// lost their connection after the dot (in doubt), and the acknowledgements
+// of the last 100 ms, which a single broker persists with its consumer
+// state at most every 100 ms (NATS's flush interval).
+func killWindows(workers int, rate float64) int { return workers*8 + 20 + int(rate*0.15) }
 
 // SIGKILL the only broker under load while the ingress and the worker keep
 // running, then start it again: both reconnect, the worker asks the new
@@ -306,10 +316,7 @@ func TestFaultKillBroker(t *testing.T) {
 	s.addIngress(1)
 	s.addWorkers(1)
 	s.startAll()
-	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: 2000, Conc: 20})
-	start := time.Now()
-	testenv.Eventually(t, 2*time.Minute, func() bool { return l.Accepted() >= 600 }, "load stalled")
-	rate := float64(l.Accepted()) / time.Since(start).Seconds()
+	l, rate := s.loadUntil(600)
 	b := s.brokers[0]
 	b.proc.Kill()
 	s.start(b)
@@ -323,11 +330,7 @@ func TestFaultKillBroker(t *testing.T) {
 		t.Logf("deliveries resumed %s after the broker restarted", d.Round(time.Millisecond))
 	}
 	l.Wait()
-	// The kill windows: the worker's jobs in flight (8), the clients that
-	// lost their connection after the dot (in doubt), and the
-	// acknowledgements of the last 100 ms, which a single broker persists
-	// with its consumer state at most every 100 ms.
-	v := s.check(l, 8+20+int(rate*0.15))
+	v := s.check(l, killWindows(1, rate))
 	if v.Accepted != 2000 {
 		t.Fatal(v)
 	}
