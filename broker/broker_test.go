@@ -930,3 +930,77 @@ func (p *cutProxy) restore() {
 	p.down = false
 	p.mu.Unlock()
 }
+
+// An ack that a restarted broker will never answer (it lost its record of
+// handing out the job) is reported as ErrAckUnanswered, so the worker
+// stops retrying it; every other failed ack stays ErrUnavailable.
+func TestAckUnansweredAfterRestart(t *testing.T) {
+	c := provisioned(t) // 3 shards
+	ctx := context.Background()
+	stream := contracts.QueueStream(0)
+	fetch := func() *Msg {
+		t.Helper()
+		for {
+			j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
+			if c.shardOf(j) != 0 {
+				continue
+			}
+			if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		p, err := newPuller(c.nc, c.reconnected, stream, contracts.ConsumerDelivery)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.close()
+		m, err := p.next(ctx, 5*time.Second)
+		if err != nil || m == nil {
+			t.Fatalf("no job: %v", err)
+		}
+		meta, _ := m.Metadata()
+		return &Msg{c: c, m: m, meta: meta, reconnected: p.sentOn}
+	}
+	reconnected := make(chan struct{})
+	close(reconnected)
+	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 300*time.Millisecond) }
+
+	// The consumer starts over without a record of the deliveries made so
+	// far, as a single server that died within 100 ms of them does.
+	forget := func() {
+		t.Helper()
+		if err := c.js.DeleteConsumer(ctx, stream, contracts.ConsumerDelivery); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	m := fetch()
+	forget()
+	actx, cancel := short()
+	err := m.Ack(actx) // no reconnect seen: the broker may still answer a retry
+	cancel()
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrAckUnanswered) {
+		t.Fatalf("unanswered ack without a reconnect: %v", err)
+	}
+	m.reconnected = reconnected
+	actx, cancel = short()
+	err = m.Ack(actx)
+	cancel()
+	if !errors.Is(err, ErrAckUnanswered) {
+		t.Fatalf("unanswered ack after a reconnect: %v", err)
+	}
+
+	// A delivery the broker knows is acknowledged, reconnect or not.
+	m = fetch()
+	m.reconnected = reconnected
+	actx, cancel = short()
+	err = m.Ack(actx)
+	cancel()
+	if err != nil {
+		t.Fatalf("ack of a known delivery after a reconnect: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -15,8 +16,12 @@ import (
 // Term must be called; InProgress keeps it from being redelivered while a
 // long SMTP session runs.
 type Msg struct {
+	c    *Client
 	m    *nats.Msg
 	meta *nats.MsgMetadata
+	// reconnected is closed once the connection the job came on has come
+	// back after losing its server (nil: never).
+	reconnected <-chan struct{}
 }
 
 // Data is the payload (decode with contracts.DecodeJob).
@@ -48,8 +53,16 @@ func (m *Msg) StreamSeq() uint64 {
 // ackTimeout bounds an Ack whose context has no deadline.
 const ackTimeout = 5 * time.Second
 
+// ErrAckUnanswered means the broker will never answer the ack: it died
+// after handing out the job and came back without its record of doing so
+// (a single server writes that record at most every 100 ms). It ignores
+// acks for deliveries it does not know, and will hand the job out again.
+var ErrAckUnanswered = errors.New("ack unanswered: the broker restarted and does not know it handed out the job")
+
 // Ack finishes the job and waits for the broker to confirm it: only then is
-// the job gone from the queue.
+// the job gone from the queue. It fails with ErrUnavailable while the
+// broker cannot be reached (worth retrying), and with ErrAckUnanswered
+// when retrying is pointless.
 func (m *Msg) Ack(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -57,9 +70,40 @@ func (m *Msg) Ack(ctx context.Context) error {
 		defer cancel()
 	}
 	if err := m.m.AckSync(nats.Context(ctx)); err != nil {
+		timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if timedOut && closed(m.reconnected) && m.unknownToBroker(ctx) {
+			return fmt.Errorf("%w (stream %s, sequence %d)", ErrAckUnanswered, m.meta.Stream, m.meta.Sequence.Stream)
+		}
 		return fmt.Errorf("%w: ack: %v", ErrUnavailable, err)
 	}
 	return nil
+}
+
+// unknownToBroker reports whether the consumer that handed out the job has
+// no record of it: its last delivered sequence is below the job's, the
+// case in which the server ignores an ack. (A consumer that moved to
+// another cluster node keeps its record, and answers once it is settled.)
+func (m *Msg) unknownToBroker(ctx context.Context) bool {
+	if m.c == nil || m.meta == nil {
+		return false
+	}
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	cons, err := m.c.js.Consumer(ictx, m.meta.Stream, m.meta.Consumer)
+	if err != nil {
+		return false
+	}
+	return cons.CachedInfo().Delivered.Stream < m.meta.Sequence.Stream
+}
+
+// closed reports whether ch is closed (a nil ch never is).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // Nak hands the job back for redelivery after delay (0: at once).
@@ -133,7 +177,8 @@ func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(cont
 	}
 	backoff := 100 * time.Millisecond
 	for turn := 0; ctx.Err() == nil; turn++ {
-		m, err := cons[turn%len(cons)].next(ctx, wait)
+		p := cons[turn%len(cons)]
+		m, err := p.next(ctx, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -154,7 +199,7 @@ func (c *Client) fetchLoop(ctx context.Context, cons []*puller, handle func(cont
 		}
 		backoff = 100 * time.Millisecond
 		meta, _ := m.Metadata()
-		handle(context.WithoutCancel(ctx), &Msg{m: m, meta: meta})
+		handle(context.WithoutCancel(ctx), &Msg{c: c, m: m, meta: meta, reconnected: p.sentOn})
 	}
 }
 
@@ -188,7 +233,7 @@ type puller struct {
 	reqWait time.Duration   // (a loop always waits the same)
 	waiting bool            // a request is in flight
 	until   time.Time       // when the loop stops waiting for it
-	sentOn  <-chan struct{} // closed once the connection came back after the request was sent
+	sentOn  <-chan struct{} // closed once the connection came back after the request was sent (kept with the job it brought)
 }
 
 func newPuller(nc *nats.Conn, reconn *signal, stream, consumer string) (*puller, error) {
@@ -215,17 +260,6 @@ func (p *puller) close() {
 	}
 }
 
-// lost reports whether the connection came back since the request in
-// flight was sent.
-func (p *puller) lost() bool {
-	select {
-	case <-p.sentOn:
-		return true
-	default:
-		return false
-	}
-}
-
 // abandon leaves the request in flight and its subscription behind.
 func (p *puller) abandon() {
 	p.close()
@@ -240,7 +274,7 @@ type pullRequest struct {
 
 // next returns the next job, or nil when wait passed without one.
 func (p *puller) next(ctx context.Context, wait time.Duration) (*nats.Msg, error) {
-	if p.waiting && len(p.msgs) == 0 && (time.Now().After(p.until) || p.lost()) {
+	if p.waiting && len(p.msgs) == 0 && (time.Now().After(p.until) || closed(p.sentOn)) {
 		// The last request got no answer in time, or went with a server:
 		// leave it behind.
 		p.abandon()

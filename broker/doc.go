@@ -33,7 +33,10 @@
 //   - A delivery loop that has a request for a job in flight when the
 //     connection comes back after losing its server asks again at once:
 //     a server that died took the request with it, and waiting it out
-//     would stall delivery for up to 30 s.
+//     would stall delivery for up to 30 s. An ack that such a server will
+//     never answer (it came back without its record of handing out the
+//     job) fails with ErrAckUnanswered instead of being retried for an
+//     AckWait.
 //   - Provisioning is idempotent and safe when several processes start at
 //     once; Bind (the CLI) attaches without creating or changing anything.
 //   - A body is released only when its last holder lets go of it.

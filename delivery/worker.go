@@ -629,7 +629,10 @@ func (w *Worker) retryPublish(ctx context.Context, f func(context.Context) (int,
 // delivered twice. Acks are idempotent. An ack that lands only after the
 // job was handed out again no longer prevents that duplicate, but it does
 // stop a third delivery; meanwhile the job's slot stays taken, which is
-// what a worker whose broker is unreachable should do anyway.
+// what a worker whose broker is unreachable should do anyway. It stops at
+// once when the broker restarted without its record of handing out the
+// job (broker.ErrAckUnanswered): that ack will never be answered, and
+// waiting for it would hold the slot for an AckWait for nothing.
 func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
 	deadline := time.Now().Add(w.opts.AckWait)
 	var err error
@@ -647,7 +650,7 @@ func (w *Worker) ack(ctx context.Context, m *broker.Msg, log zerolog.Logger) {
 			w.mu.Unlock()
 			return
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
+		if errors.Is(err, broker.ErrAckUnanswered) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		select {
