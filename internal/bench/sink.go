@@ -225,6 +225,13 @@ func (s *Sink) handle(c net.Conn) {
 			if err != nil {
 				return
 			}
+			// Answer before counting: a sink-only run stops (and closes
+			// every connection) as soon as the count is reached, and the
+			// client must have its 250 by then.
+			w.Write(replyQueued)
+			if w.Flush() != nil {
+				return
+			}
 			now := time.Now()
 			ns := now.UnixNano()
 			s.first.CompareAndSwap(0, ns)
@@ -247,7 +254,6 @@ func (s *Sink) handle(c net.Conn) {
 				}
 			}
 			inMail, rcpts = false, 0
-			w.Write(replyQueued)
 		case verbEHLO:
 			inMail, rcpts = false, 0
 			w.WriteString("250-" + s.hostname + "\r\n" + ehloFeatures)
