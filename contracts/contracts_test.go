@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -258,14 +259,21 @@ func TestJobDestAndID(t *testing.T) {
 	if PartOf(j.QueueID, 2, j.Rcpts) == j.Part {
 		t.Error("PartOf ignores the attempt")
 	}
-	qs, ok := ParseQueueSubject(JobSubject(3, j.Dest(), j.JobID()))
-	if !ok || qs.Shard != 3 || qs.Kind != "job" || qs.Dest != "example_com" || qs.JobID != j.JobID() {
+	qs, ok := ParseQueueSubject(JobSubject(3, j.Dest(), j.QueueID, j.Part))
+	if !ok || qs.Shard != 3 || qs.Kind != "job" || qs.Dest != "example_com" || qs.QueueID != j.QueueID || qs.Part != j.Part || qs.JobID() != j.JobID() {
 		t.Errorf("ParseQueueSubject = %+v %v", qs, ok)
 	}
-	if qs, ok := ParseQueueSubject(ScheduleSubject(0, "d", "ID")); !ok || qs.Kind != "sched" {
+	if qs, ok := ParseQueueSubject(ScheduleSubject(0, "d", j.QueueID, "")); !ok || qs.Kind != "sched" || qs.Part != "" || qs.JobID() != j.QueueID {
 		t.Errorf("schedule subject: %+v %v", qs, ok)
 	}
-	for _, bad := range []string{"mailq.job.x.y", "mailq.x.job.d.i", "mailq.1.other.d.i", "maildlq.x"} {
+	// The layout before the queue ID had a token of its own.
+	if qs, ok := ParseQueueSubject("mailq.1.sched.example_com." + j.JobID()); !ok || qs.QueueID != j.QueueID || qs.Part != j.Part {
+		t.Errorf("old layout: %+v %v", qs, ok)
+	}
+	if qs, ok := ParseQueueSubject("mailq.0.job.d." + j.QueueID); !ok || qs.QueueID != j.QueueID || qs.Part != "" {
+		t.Errorf("old layout without part: %+v %v", qs, ok)
+	}
+	for _, bad := range []string{"mailq.job.x.y", "mailq.x.job.d.i", "mailq.1.other.d.i", "maildlq.x", "mailq.1.job.d.q.p.x"} {
 		if _, ok := ParseQueueSubject(bad); ok {
 			t.Errorf("%q parsed", bad)
 		}
@@ -282,6 +290,77 @@ func TestJobDestAndID(t *testing.T) {
 	}
 	if ShardOf("0KQ3H5XZ7M2P9RTA", 4) != ShardOf("0KQ3H5XZ7M2P9RTA", 4) || ShardOf("X", 1) != 0 {
 		t.Error("ShardOf unstable")
+	}
+}
+
+func TestQueueIDOf(t *testing.T) {
+	const q = "0KQ3H5XZ7M2P9RTA"
+	for _, tc := range []struct {
+		id string
+		ok bool
+	}{
+		{q, true}, {q + "-3f2a1b9c0d", true}, {q + "-3f2a1b9c0d-d4", true}, {q + "-r1", true}, {q + "-x2", true},
+		{q + "x", false}, {"0KQ3H5XZ7M2P9RT", false}, {"0kq3h5xz7m2p9rta-d1", false}, {"", false}, {"SEQ5-s5-d0", false},
+	} {
+		got, ok := QueueIDOf(tc.id)
+		if ok != tc.ok || (ok && got != q) {
+			t.Errorf("QueueIDOf(%q) = %q, %v", tc.id, got, ok)
+		}
+	}
+	// Subjects find a message's jobs and dead letters by its queue ID.
+	if s := DeadLetterSubject(DeadLetterID(q+"-ab", 3)); s != "maildlq."+q+"."+q+"-ab-d3" {
+		t.Errorf("DeadLetterSubject = %q", s)
+	}
+	if s := DeadLetterSubject("SEQ5-s5-d0"); s != "maildlq._.SEQ5-s5-d0" {
+		t.Errorf("DeadLetterSubject of a malformed job = %q", s)
+	}
+	if DeadLettersOf(q) != "maildlq."+q+".*" || JobsOf(2, q) != "mailq.2.*.*."+q+".*" {
+		t.Error("lookup filters")
+	}
+}
+
+func TestDerivedJobs(t *testing.T) {
+	j := sampleJob()
+	ok := &Reply{Code: 250, Text: "ok", Host: "mx1"}
+	tmp := &Reply{Code: 451, Enhanced: "4.3.0", Text: "later", Host: "mx2"}
+	rec := AttemptRecord{Attempt: 2, Result: ResultMixed}
+	delivered := []Recipient{{Addr: "ops@example.com", LastReply: ok}}
+	retry := j.Retry([]Recipient{{Addr: "oncall@example.net", LastReply: tmp}}, rec, delivered)
+	if retry.QueueID != j.QueueID || retry.Attempt != 3 || retry.LastError != tmp || len(retry.History) != 2 ||
+		retry.History[1] != rec || len(retry.Done) != 1 || retry.Done[0].Addr != "ops@example.com" || len(retry.Rcpts) != 1 {
+		t.Fatalf("retry %+v", retry)
+	}
+	if retry.Part != PartOf(j.JobID(), 2, retry.Rcpts) || j.Retry(retry.Rcpts, rec, delivered).JobID() != retry.JobID() {
+		t.Fatal("retry part not deterministic")
+	}
+	if len(j.History) != 1 || len(j.Done) != 0 {
+		t.Fatal("Retry changed its parent")
+	}
+	now := t0.Add(time.Hour)
+	d := retry.DeadLetter(ReasonExpired, "too long", retry.Rcpts, tmp, []string{"mx2"}, []AttemptRecord{{Attempt: 3}}, nil, now)
+	if d.ID != retry.JobID()+"-d3" || d.Job.QueueID != j.QueueID || len(d.Job.History) != 3 || len(d.Job.Done) != 1 || !d.DeadAt.Equal(now) {
+		t.Fatalf("dead letter %+v", d)
+	}
+	if q, ok := QueueIDOf(d.ID); !ok || q != j.QueueID {
+		t.Fatal("dead-letter ID does not lead to its message")
+	}
+	if x := retry.Deleted("by op", now); x.ID != retry.JobID()+"-x3" || x.Reason != ReasonDeleted || x.LastReply != tmp {
+		t.Fatalf("deleted %+v", x)
+	}
+	r := d.Replay(now, "10.0.0.5:25")
+	if r.Attempt != 1 || !r.FirstSeen.Equal(now) || r.LastError != nil || r.ReplayCount != 1 || r.ReplayOf != d.ID ||
+		r.Route != "10.0.0.5:25" || r.Rcpts[0].LastReply != nil || len(r.History) != 3 || r.JobID() != retry.JobID()+"r1" || r.QueueID != j.QueueID {
+		t.Fatalf("replay %+v", r)
+	}
+	if d.Job.Rcpts[0].LastReply == nil || d.Job.Attempt != 3 {
+		t.Fatal("Replay changed the dead letter")
+	}
+	var many []Recipient
+	for i := 0; i < MaxDone+10; i++ {
+		many = append(many, Recipient{Addr: fmt.Sprintf("r%d@x", i)})
+	}
+	if got := j.Retry(retry.Rcpts, rec, many).Done; len(got) != MaxDone || got[MaxDone-1].Addr != many[len(many)-1].Addr {
+		t.Fatalf("Done not capped: %d", len(got))
 	}
 }
 

@@ -61,7 +61,15 @@ type Job struct {
 	ReplayCount int    `json:"replay_count,omitempty"`
 	// DelayNotified is set once a delay-warning DSN was sent for this job.
 	DelayNotified bool `json:"delay_notified,omitempty"`
+	// Done lists the recipients of the message that earlier attempts
+	// delivered, each with the reply that accepted it (LastReply), carried
+	// forward with the recipients still to go so that the message's whole
+	// state shows under its queue ID. Capped at MaxDone.
+	Done []Recipient `json:"done,omitempty"`
 }
+
+// MaxDone caps Job.Done.
+const MaxDone = 1000
 
 // KindDSN marks a job that carries a delivery status notification generated
 // by jetrelay.

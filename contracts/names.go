@@ -33,10 +33,16 @@ const (
 
 // Subject layout of the queue:
 //
-//	mailq.<shard>.job.<dest>.<job id>     ready for delivery
-//	mailq.<shard>.sched.<dest>.<job id>   a retry waiting for its time
+//	mailq.<shard>.job.<dest>.<queue id>.<part>     ready for delivery
+//	mailq.<shard>.sched.<dest>.<queue id>.<part>   a retry waiting for its time
 //
-// and of the dead letters: maildlq.<dead-letter id>.
+// and of the dead letters: maildlq.<queue id>.<dead-letter id>. The queue
+// ID has a token of its own, so that every job and dead letter of a
+// message is found by subject, without reading the streams ([JobsOf],
+// [DeadLettersOf]); <part> is the job's [Job.Part], or [NoPart] for the
+// job the ingress published. Subjects written before this layout
+// (mailq.<shard>.<kind>.<dest>.<job id>, maildlq.<dead-letter id>) are
+// still read.
 const (
 	SubjectQueuePrefix      = "mailq."
 	SubjectDeadLetterPrefix = "maildlq."
@@ -165,29 +171,63 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
+// NoPart is the part token of a job without a part (the one the ingress
+// published).
+const NoPart = "_"
+
+func partToken(part string) string {
+	if part == "" {
+		return NoPart
+	}
+	return part
+}
+
 // JobSubject is the subject of a job that is ready for delivery.
-func JobSubject(shard int, dest, jobID string) string {
-	return SubjectQueuePrefix + strconv.Itoa(shard) + ".job." + dest + "." + jobID
+func JobSubject(shard int, dest, queueID, part string) string {
+	return SubjectQueuePrefix + strconv.Itoa(shard) + ".job." + dest + "." + queueID + "." + partToken(part)
 }
 
 // ScheduleSubject is the subject of a retry waiting for its time. The NATS
 // scheduler keeps one schedule per subject, so publishing again replaces it
 // (this is how "retry now" works).
-func ScheduleSubject(shard int, dest, jobID string) string {
-	return SubjectQueuePrefix + strconv.Itoa(shard) + ".sched." + dest + "." + jobID
+func ScheduleSubject(shard int, dest, queueID, part string) string {
+	return SubjectQueuePrefix + strconv.Itoa(shard) + ".sched." + dest + "." + queueID + "." + partToken(part)
+}
+
+// JobsOf matches every job of a message, ready or scheduled, in its shard.
+func JobsOf(shard int, queueID string) string {
+	return SubjectQueuePrefix + strconv.Itoa(shard) + ".*.*." + queueID + ".*"
 }
 
 // DeadLetterSubject is the subject of one dead letter.
 func DeadLetterSubject(id string) string {
-	return SubjectDeadLetterPrefix + id
+	qid, ok := QueueIDOf(id)
+	if !ok {
+		qid = NoPart
+	}
+	return SubjectDeadLetterPrefix + qid + "." + id
+}
+
+// DeadLettersOf matches every dead letter of a message.
+func DeadLettersOf(queueID string) string {
+	return SubjectDeadLetterPrefix + queueID + ".*"
 }
 
 // QueueSubject is a parsed queue subject.
 type QueueSubject struct {
-	Shard int
-	Kind  string // "job" or "sched"
-	Dest  string
-	JobID string
+	Shard   int
+	Kind    string // "job" or "sched"
+	Dest    string
+	QueueID string
+	Part    string
+}
+
+// JobID is the ID of the job the subject belongs to.
+func (q QueueSubject) JobID() string {
+	if q.Part == "" {
+		return q.QueueID
+	}
+	return q.QueueID + "-" + q.Part
 }
 
 // ParseQueueSubject splits a job or schedule subject.
@@ -197,12 +237,22 @@ func ParseQueueSubject(subject string) (QueueSubject, bool) {
 		return QueueSubject{}, false
 	}
 	parts := strings.Split(rest, ".")
-	if len(parts) != 4 || (parts[1] != "job" && parts[1] != "sched") {
+	if (len(parts) != 4 && len(parts) != 5) || (parts[1] != "job" && parts[1] != "sched") {
 		return QueueSubject{}, false
 	}
 	shard, err := strconv.Atoi(parts[0])
 	if err != nil || shard < 0 {
 		return QueueSubject{}, false
 	}
-	return QueueSubject{Shard: shard, Kind: parts[1], Dest: parts[2], JobID: parts[3]}, true
+	qs := QueueSubject{Shard: shard, Kind: parts[1], Dest: parts[2]}
+	if len(parts) == 5 {
+		qs.QueueID = parts[3]
+		if parts[4] != NoPart {
+			qs.Part = parts[4]
+		}
+		return qs, true
+	}
+	// The layout before the queue ID had a token of its own: the job ID.
+	qs.QueueID, qs.Part, _ = strings.Cut(parts[3], "-")
+	return qs, true
 }

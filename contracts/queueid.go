@@ -59,6 +59,17 @@ func ValidQueueID(s string) bool {
 	return true
 }
 
+// QueueIDOf returns the queue ID an ID of jetrelay's starts with: a queue
+// ID itself, or the ID of a job ("<queue id>-<part>") or of a dead letter
+// ("<job id>-d<attempt>"). Every ID jetrelay prints names its message this
+// way, so an ID copied from any log line or listing finds the message.
+func QueueIDOf(id string) (string, bool) {
+	if len(id) < QueueIDLen || (len(id) > QueueIDLen && id[QueueIDLen] != '-') || !ValidQueueID(id[:QueueIDLen]) {
+		return "", false
+	}
+	return id[:QueueIDLen], true
+}
+
 // QueueIDTime returns the creation time encoded in a queue ID.
 func QueueIDTime(s string) (time.Time, bool) {
 	if !ValidQueueID(s) {
