@@ -52,7 +52,7 @@ func BenchmarkBodyRoundTrip(b *testing.B) {
 				if err != nil || n != int64(size) {
 					b.Fatalf("read back %d of %d bytes: %v", n, size, err)
 				}
-				if err := c.DeleteBody(ctx, name); err != nil {
+				if err := c.releaseBody(ctx, name); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,7 +56,9 @@ const bodyStream = "OBJ_" + contracts.BucketBodies
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 0); return &b }}
 
 // PutBody streams a body into the body bucket under name and returns its
-// size and hex SHA-256. A failed put leaves no chunks behind.
+// size and hex SHA-256. A failed put leaves nothing behind. The body is
+// held by nothing yet: Enqueue of the job that names it makes the job its
+// first holder.
 func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error) {
 	id := nuid.Next()
 	subj := chunkSubject(id)
@@ -118,6 +122,18 @@ func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, 
 		return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
 	}
 	return total, hex.EncodeToString(sum), nil
+}
+
+// ErrBodyNotFound means a job's body object is gone.
+var ErrBodyNotFound = errors.New("body object not found")
+
+// OpenJobBody opens a job's message: inline is the body when it travels in
+// the job (as ScanQueue, ScanDeadLetters and a Lease give it).
+func (c *Client) OpenJobBody(ctx context.Context, j *contracts.Job, inline []byte) (io.ReadCloser, error) {
+	if j.Body.Inline() {
+		return io.NopCloser(bytes.NewReader(inline)), nil
+	}
+	return c.OpenBody(ctx, j.Body.Object)
 }
 
 // OpenBody streams a body from the bucket. Chunks are fetched one at a
@@ -236,4 +252,167 @@ func trimDigest(d string) string {
 		return d[len(prefix):]
 	}
 	return d
+}
+
+// Body holders. A body object in the bucket is referenced by every job
+// and dead letter that still needs it; the holder record (a key-value
+// entry per object, updated with compare-and-set) lists them, and the
+// object is deleted when the last one lets go. A job holds its body under
+// its job ID, a dead letter under dlHolder(its ID).
+
+// dlHolder is the name under which a dead letter holds its body object.
+func dlHolder(id string) string { return dlHolderPrefix + id }
+
+const dlHolderPrefix = "dl:"
+
+// holdBody records holders of a body object (creating its record).
+func (c *Client) holdBody(ctx context.Context, name string, holders ...string) error {
+	// Most often the record does not exist yet (a new message): one
+	// request creates it.
+	cctx, cancel := c.withTimeout(ctx)
+	val, _ := json.Marshal(holders)
+	_, err := c.refs.Create(cctx, name, val)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	_, _, err = c.updateBodyRefs(ctx, name, nil, holders)
+	return err
+}
+
+// letGoBody removes a holder and deletes the body when nobody holds it
+// any more. A holder that is not recorded is not an error.
+func (c *Client) letGoBody(ctx context.Context, name, holder string) error {
+	left, _, err := c.updateBodyRefs(ctx, name, []string{holder}, nil)
+	if err != nil {
+		return err
+	}
+	if left == 0 {
+		return c.releaseBody(ctx, name)
+	}
+	return nil
+}
+
+// updateBodyRefs removes and adds holders of a body object atomically
+// (compare-and-set). It reports how many holders remain and whether every
+// holder in remove was present. A missing record reads as no holders.
+func (c *Client) updateBodyRefs(ctx context.Context, name string, remove, add []string) (remaining int, held bool, err error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	for try := 0; try < 50; try++ {
+		entry, err := c.refs.Get(ctx, name)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			if len(add) == 0 {
+				return 0, len(remove) == 0, nil
+			}
+			val, _ := json.Marshal(add)
+			if _, err := c.refs.Create(ctx, name, val); errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			} else if err != nil {
+				return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+			}
+			return len(add), len(remove) == 0, nil
+		}
+		if err != nil {
+			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+		}
+		holders, err := decodeHolders(name, entry.Value())
+		if err != nil {
+			return 0, false, err
+		}
+		held = true
+		for _, r := range remove {
+			i := slices.Index(holders, r)
+			if i < 0 {
+				held = false
+				continue
+			}
+			holders = slices.Delete(holders, i, i+1)
+		}
+		for _, a := range add {
+			if !slices.Contains(holders, a) {
+				holders = append(holders, a)
+			}
+		}
+		val, _ := json.Marshal(holders)
+		if _, err := c.refs.Update(ctx, name, val, entry.Revision()); err != nil {
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				continue // lost a race with another worker: read again
+			}
+			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+		}
+		return len(holders), held, nil
+	}
+	return 0, false, fmt.Errorf("%w: body refs %s: too much contention", ErrUnavailable, name)
+}
+
+func decodeHolders(name string, val []byte) ([]string, error) {
+	var holders []string
+	if len(val) > 0 {
+		if err := json.Unmarshal(val, &holders); err != nil {
+			return nil, fmt.Errorf("body refs %s: %w", name, err)
+		}
+	}
+	return holders, nil
+}
+
+// bodyHolders lists the holders of a body object (nil when none).
+func (c *Client) bodyHolders(ctx context.Context, name string) ([]string, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	entry, err := c.refs.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	return decodeHolders(name, entry.Value())
+}
+
+// releaseBody deletes a body that no job or dead letter holds any more,
+// then its (empty) holder record.
+func (c *Client) releaseBody(ctx context.Context, name string) error {
+	dctx, cancel := c.withTimeout(ctx)
+	err := c.bodies.Delete(dctx, name)
+	cancel()
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("%w: delete body %s: %v", ErrUnavailable, name, err)
+	}
+	if err := c.refs.Purge(ctx, name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	}
+	return nil
+}
+
+// bodyObjects lists the body objects that have a holder record.
+func (c *Client) bodyObjects(ctx context.Context) ([]string, error) {
+	lister, err := c.refs.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: list body holders: %v", ErrUnavailable, err)
+	}
+	var out []string
+	for k := range lister.Keys() {
+		if !strings.HasPrefix(k, replayKeyPrefix) {
+			out = append(out, k)
+		}
+	}
+	_ = lister.Stop() // the lister has ended: Stop only reports its closed subscription
+	return out, nil
+}
+
+// bodyBucketSize is the stored size of the body bucket in bytes.
+func (c *Client) bodyBucketSize(ctx context.Context) (uint64, error) {
+	st, err := c.bodies.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }

@@ -195,7 +195,7 @@ func TestPublishIsIdempotentAndRetractable(t *testing.T) {
 	ctx := context.Background()
 	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
 	for i := 0; i < 3; i++ {
-		if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+		if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -203,7 +203,7 @@ func TestPublishIsIdempotentAndRetractable(t *testing.T) {
 		t.Fatalf("three publishes of one job stored %d messages", n)
 	}
 	queueSettles(t, c, "the job is not ready", func(st QueueState) bool { return st.Ready == 1 })
-	if err := c.RetractJob(ctx, j); err != nil {
+	if err := c.retract(ctx, j); err != nil {
 		t.Fatal(err)
 	}
 	if n := storedJobs(t, c); n != 0 {
@@ -220,10 +220,10 @@ func TestBodyRefs(t *testing.T) {
 	if err != nil || size != int64(len(body)) || digest != contracts.Digest(body) {
 		t.Fatalf("PutBody: %d %s %v", size, digest, err)
 	}
-	if err := c.CreateBodyRefs(ctx, "Q1", "Q1"); err != nil {
+	if err := c.holdBody(ctx, "Q1", "Q1"); err != nil {
 		t.Fatal(err)
 	}
-	left, held, err := c.UpdateBodyRefs(ctx, "Q1", []string{"Q1"}, []string{"Q1-a", "Q1-b"})
+	left, held, err := c.updateBodyRefs(ctx, "Q1", []string{"Q1"}, []string{"Q1-a", "Q1-b"})
 	if err != nil || left != 2 || !held {
 		t.Fatalf("split: %d %v %v", left, held, err)
 	}
@@ -234,7 +234,7 @@ func TestBodyRefs(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			left, _, err := c.UpdateBodyRefs(ctx, "Q1", []string{h}, nil)
+			left, _, err := c.updateBodyRefs(ctx, "Q1", []string{h}, nil)
 			if err != nil {
 				t.Error(err)
 			}
@@ -262,17 +262,17 @@ func TestBodyRefs(t *testing.T) {
 	if got, err := obs.GetBytes(ctx, "Q1"); err != nil || !bytes.Equal(got, body) {
 		t.Fatalf("object store Get: %d bytes, %v", len(got), err)
 	}
-	if err := c.ReleaseBody(ctx, "Q1"); err != nil {
+	if err := c.releaseBody(ctx, "Q1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.OpenBody(ctx, "Q1"); !errors.Is(err, ErrBodyNotFound) {
 		t.Fatalf("released body still there: %v", err)
 	}
-	if h, err := c.BodyHolders(ctx, "Q1"); err != nil || len(h) != 0 {
+	if h, err := c.bodyHolders(ctx, "Q1"); err != nil || len(h) != 0 {
 		t.Fatalf("holders after release: %v %v", h, err)
 	}
 	// A repeated removal after release is harmless and says "not held".
-	left, held, err = c.UpdateBodyRefs(ctx, "Q1", []string{"Q1-a"}, nil)
+	left, held, err = c.updateBodyRefs(ctx, "Q1", []string{"Q1-a"}, nil)
 	if err != nil || left != 0 || held {
 		t.Fatalf("removal after release: %d %v %v", left, held, err)
 	}
@@ -345,9 +345,9 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 		var err error
 		if i%3 == 0 {
 			j.Attempt = 2
-			err = c.ScheduleJob(ctx, j, []byte("b\r\n"), time.Now().Add(time.Hour))
+			err = c.schedule(ctx, j, []byte("b\r\n"), time.Now().Add(time.Hour))
 		} else {
-			err = c.PublishJob(ctx, j, []byte("b\r\n"))
+			err = c.publishJob(ctx, j, []byte("b\r\n"))
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -389,7 +389,7 @@ func TestScanQueueAndDeadLetters(t *testing.T) {
 		}
 	}
 	d := &contracts.DeadLetter{ID: "X-d1", Reason: contracts.ReasonRejected, Job: contracts.Job{QueueID: "X", Rcpts: []contracts.Recipient{{Addr: "a@b"}}}}
-	if err := c.PublishDeadLetter(ctx, d, []byte("hello\r\n")); err != nil {
+	if err := c.publishDeadLetter(ctx, d, []byte("hello\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	var dls []*StoredDeadLetter
@@ -419,7 +419,7 @@ func TestPublishSurvivesALostAcknowledgement(t *testing.T) {
 		t.Fatal(err)
 	}
 	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
-	if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+	if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 		t.Fatalf("publish with its first acknowledgement lost: %v", err)
 	}
 	if proxy.dropped.Load() != 1 {
@@ -513,7 +513,7 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 		}
 	}
 	j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
-	if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+	if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	cli := connectTest(t, e)
@@ -524,7 +524,7 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if err := connectTest(t, e).Reshard(ctx, set(2)); !errors.Is(err, ErrQueueBusy) || !strings.Contains(err.Error(), "1 jobs") {
 		t.Fatalf("reshard with a job queued: %v", err)
 	}
-	if err := c.RetractJob(ctx, j); err != nil {
+	if err := c.retract(ctx, j); err != nil {
 		t.Fatal(err)
 	}
 	// a worker attached: its waiting fetch shows on the broker
@@ -536,7 +536,7 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	workerDone := make(chan struct{})
 	go func() {
 		defer close(workerDone)
-		_ = worker.ConsumeJobs(wctx, 3, func(context.Context, *Msg) {})
+		_ = worker.ConsumeJobs(wctx, 3, func(_ context.Context, l *Lease) { _ = l.Return(0) })
 	}()
 	// Wait until the worker's fetches wait on the broker: a Reshard before
 	// that would find the queue idle and go ahead.
@@ -577,7 +577,7 @@ func TestQueueShardsMustMatchTheBroker(t *testing.T) {
 	if err := c5.Provision(ctx, set(5)); err != nil {
 		t.Fatal(err)
 	}
-	if err := c5.PublishJob(ctx, j2, []byte("body\r\n")); err != nil {
+	if err := c5.publishJob(ctx, j2, []byte("body\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	queueSettles(t, c5, "the job published after the change is not in the queue", func(st QueueState) bool { return st.Ready == 1 })
@@ -637,7 +637,7 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 			for i := 0; i < jobs; i++ {
 				j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
 				shards[c.shardOf(j)] = true
-				if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+				if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -646,13 +646,13 @@ func TestConsumeJobsConcurrency(t *testing.T) {
 			finished := make(chan struct{})
 			go func() {
 				defer close(finished)
-				_ = c.ConsumeJobs(ctx, conc, func(_ context.Context, m *Msg) {
+				_ = c.ConsumeJobs(ctx, conc, func(_ context.Context, l *Lease) {
 					mu.Lock()
 					busy++
 					most = max(most, busy)
 					mu.Unlock()
 					time.Sleep(20 * time.Millisecond) // an attempt under way
-					if err := m.Ack(context.Background()); err != nil {
+					if err := l.Settle(context.Background(), Outcome{}); err != nil {
 						t.Error(err)
 					}
 					mu.Lock()
@@ -696,7 +696,7 @@ func TestPuller(t *testing.T) {
 			if c.shardOf(j) != shard {
 				continue
 			}
-			if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+			if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 				t.Fatal(err)
 			}
 			return j
@@ -708,12 +708,11 @@ func TestPuller(t *testing.T) {
 		if err != nil || m == nil {
 			t.Fatalf("job %s: %v %v", j.QueueID, m, err)
 		}
-		msg := &Msg{m: m}
-		msg.meta, _ = m.Metadata()
-		if got := msg.Header(contracts.HeaderQueueID); got != j.QueueID || msg.Delivered() != delivered || msg.StreamSeq() == 0 {
-			t.Fatalf("job %q delivered %d seq %d; want %s delivered %d", got, msg.Delivered(), msg.StreamSeq(), j.QueueID, delivered)
+		l := c.lease(m, nil)
+		if got := l.QueueID(); got != j.QueueID || l.Job == nil || l.Deliveries() != delivered || l.StreamSeq() == 0 {
+			t.Fatalf("job %q delivered %d seq %d; want %s delivered %d", got, l.Deliveries(), l.StreamSeq(), j.QueueID, delivered)
 		}
-		if err := msg.Ack(ctx); err != nil {
+		if err := l.ack(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -843,7 +842,7 @@ func TestPullerAfterBrokerRestart(t *testing.T) {
 	var published time.Time
 	eventually(t, 10*time.Second, func() bool {
 		published = time.Now()
-		return c.PublishJob(ctx, j, []byte("body\r\n")) == nil
+		return c.publishJob(ctx, j, []byte("body\r\n")) == nil
 	}, "no publish after the restart")
 	var r result
 	select {
@@ -938,14 +937,14 @@ func TestAckUnansweredAfterRestart(t *testing.T) {
 	c := provisioned(t) // 3 shards
 	ctx := context.Background()
 	stream := contracts.QueueStream(0)
-	fetch := func() *Msg {
+	fetch := func() *Lease {
 		t.Helper()
 		for {
 			j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Attempt: 1}
 			if c.shardOf(j) != 0 {
 				continue
 			}
-			if err := c.PublishJob(ctx, j, []byte("body\r\n")); err != nil {
+			if err := c.publishJob(ctx, j, []byte("body\r\n")); err != nil {
 				t.Fatal(err)
 			}
 			break
@@ -959,8 +958,7 @@ func TestAckUnansweredAfterRestart(t *testing.T) {
 		if err != nil || m == nil {
 			t.Fatalf("no job: %v", err)
 		}
-		meta, _ := m.Metadata()
-		return &Msg{c: c, m: m, meta: meta, reconnected: p.sentOn}
+		return c.lease(m, p.sentOn)
 	}
 	reconnected := make(chan struct{})
 	close(reconnected)
@@ -981,14 +979,14 @@ func TestAckUnansweredAfterRestart(t *testing.T) {
 	m := fetch()
 	forget()
 	actx, cancel := short()
-	err := m.Ack(actx) // no reconnect seen: the broker may still answer a retry
+	err := m.ackOnce(actx) // no reconnect seen: the broker may still answer a retry
 	cancel()
 	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrAckUnanswered) {
 		t.Fatalf("unanswered ack without a reconnect: %v", err)
 	}
 	m.reconnected = reconnected
 	actx, cancel = short()
-	err = m.Ack(actx)
+	err = m.ackOnce(actx)
 	cancel()
 	if !errors.Is(err, ErrAckUnanswered) {
 		t.Fatalf("unanswered ack after a reconnect: %v", err)
@@ -998,7 +996,7 @@ func TestAckUnansweredAfterRestart(t *testing.T) {
 	m = fetch()
 	m.reconnected = reconnected
 	actx, cancel = short()
-	err = m.Ack(actx)
+	err = m.ackOnce(actx)
 	cancel()
 	if err != nil {
 		t.Fatalf("ack of a known delivery after a reconnect: %v", err)

@@ -57,6 +57,10 @@ type Client struct {
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
 
+	leaseMu sync.Mutex
+	leases  map[*Lease]struct{} // jobs handed to a handler and not yet returned by it
+	acked   []ackedJob          // acknowledged jobs not yet known to be purged
+
 	// reconnected fires whenever the connection comes back after losing
 	// its server: requests in flight before may be gone with it.
 	reconnected *signal
@@ -167,7 +171,7 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	c := &Client{nc: nc, js: js, log: log, reconnected: reconnected}
+	c := &Client{nc: nc, js: js, log: log, reconnected: reconnected, leases: map[*Lease]struct{}{}}
 	return c, nil
 }
 

@@ -93,7 +93,7 @@ func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 		return st, fmt.Errorf("%w: dead-letter info: %v", ErrUnavailable, err)
 	}
 	st.DeadLetters = ds.State.Msgs
-	if n, err := c.BodyBucketSize(ctx); err == nil {
+	if n, err := c.bodyBucketSize(ctx); err == nil {
 		st.BodyBytes = n
 	}
 	return st, nil
@@ -123,9 +123,9 @@ func (c *Client) consumerInfo(ctx context.Context, shard int, name string) (*jet
 	return ci, nil
 }
 
-// AckFloors are, per shard, the stream sequence up to which every job has
+// ackFloors are, per shard, the stream sequence up to which every job has
 // been acknowledged.
-func (c *Client) AckFloors(ctx context.Context) ([]uint64, error) {
+func (c *Client) ackFloors(ctx context.Context) ([]uint64, error) {
 	floors := make([]uint64, len(c.queues))
 	for shard := range c.queues {
 		ci, err := c.consumerInfo(ctx, shard, contracts.ConsumerDelivery)
@@ -137,11 +137,11 @@ func (c *Client) AckFloors(ctx context.Context) ([]uint64, error) {
 	return floors, nil
 }
 
-// PurgeDelivered removes the acknowledged jobs below each shard's ack
+// purgeBelowFloors removes the acknowledged jobs below each shard's ack
 // floor, one operation per shard whose floor moved since last (nil on the
 // first call), and returns the floors. Safe from any number of processes.
-func (c *Client) PurgeDelivered(ctx context.Context, last []uint64) ([]uint64, error) {
-	floors, err := c.AckFloors(ctx)
+func (c *Client) purgeBelowFloors(ctx context.Context, last []uint64) ([]uint64, error) {
+	floors, err := c.ackFloors(ctx)
 	if err != nil {
 		return last, err
 	}

@@ -13,17 +13,26 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Settings are the broker-side parameters of the pipeline.
+// Settings are the broker-side parameters of the pipeline. A zero field
+// takes its value from DefaultSettings.
 type Settings struct {
 	Replicas int
 	// QueueShards is the number of streams the queue is spread over (the
 	// same in every process of a deployment).
 	QueueShards int
 	// DedupeWindow is the Nats-Msg-Id duplicate window of both streams.
+	// It must cover the longest wait between two attempts (a worker that
+	// stalled and settles a job late republishes its follow-ups with the
+	// same IDs) and at least an hour; it costs memory in proportion to the
+	// message rate.
 	DedupeWindow time.Duration
-	// AckWait of the delivery consumer.
+	// AckWait of the delivery consumer: a job whose worker stopped
+	// reporting progress (it died) is handed out again after this. Workers
+	// report progress every AckWait/4 while they work on a job, so a long
+	// delivery is never handed out twice; a short AckWait makes a crash
+	// cost seconds.
 	AckWait time.Duration
-	// MaxAckPending caps jobs in flight across all workers (0: 20000).
+	// MaxAckPending caps jobs in flight across all workers.
 	MaxAckPending int
 	// QueueMaxAge is the backstop lifetime of everything in the live queue
 	// and of body objects: delivery.retry.max_age plus the dead-letter
@@ -38,24 +47,44 @@ type Settings struct {
 	PublishTimeout time.Duration
 }
 
+// DefaultSettings are the defaults of every setting; the configuration's
+// defaults are read from here. QueueMaxAge is derived: the default queue
+// lifetime (five days) plus DeadLetterRetention plus a day.
+func DefaultSettings() Settings {
+	return Settings{
+		Replicas:            1,
+		QueueShards:         4,
+		DedupeWindow:        time.Hour,
+		AckWait:             10 * time.Second,
+		MaxAckPending:       20000,
+		DeadLetterRetention: 30 * 24 * time.Hour,
+		InlineMaxBytes:      256 << 10,
+		PublishTimeout:      10 * time.Second,
+	}
+}
+
+// MinDedupeWindow is the shortest duplicate window the broker is given.
+const MinDedupeWindow = time.Hour
+
 func (s *Settings) fill() {
+	d := DefaultSettings()
 	if s.Replicas < 1 {
-		s.Replicas = 1
+		s.Replicas = d.Replicas
 	}
 	if s.QueueShards < 1 {
-		s.QueueShards = 1
+		s.QueueShards = d.QueueShards
 	}
 	if s.DedupeWindow <= 0 {
-		s.DedupeWindow = 20 * time.Minute
+		s.DedupeWindow = d.DedupeWindow
 	}
 	if s.AckWait <= 0 {
-		s.AckWait = time.Minute
+		s.AckWait = d.AckWait
 	}
 	if s.MaxAckPending <= 0 {
-		s.MaxAckPending = 20000
+		s.MaxAckPending = d.MaxAckPending
 	}
 	if s.DeadLetterRetention <= 0 {
-		s.DeadLetterRetention = 30 * 24 * time.Hour
+		s.DeadLetterRetention = d.DeadLetterRetention
 	}
 	if s.QueueMaxAge <= 0 {
 		s.QueueMaxAge = 5*24*time.Hour + s.DeadLetterRetention + 24*time.Hour
@@ -64,10 +93,10 @@ func (s *Settings) fill() {
 		s.DedupeWindow = s.QueueMaxAge
 	}
 	if s.InlineMaxBytes <= 0 {
-		s.InlineMaxBytes = 256 << 10
+		s.InlineMaxBytes = d.InlineMaxBytes
 	}
 	if s.PublishTimeout <= 0 {
-		s.PublishTimeout = 10 * time.Second
+		s.PublishTimeout = d.PublishTimeout
 	}
 }
 

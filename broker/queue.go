@@ -3,13 +3,12 @@ package broker
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,17 +17,18 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// The publishing primitives of the lifecycle (lifecycle.go): each writes
+// one message with its de-duplication ID and waits for the broker's
+// acknowledgement. Nothing outside this package publishes.
+
 // ErrUnavailable wraps every failure to reach the broker or to get its
 // acknowledgement in time: callers treat it as temporary.
 var ErrUnavailable = errors.New("broker unavailable")
 
-// ErrBodyNotFound means a job's body object is gone.
-var ErrBodyNotFound = errors.New("body object not found")
-
-// MsgID is the de-duplication ID of the job message for an attempt. The
+// msgID is the de-duplication ID of the job message for an attempt. The
 // same job at the same attempt always gets the same ID, so republishing
 // after a crash or a lost acknowledgement stores it once.
-func MsgID(j *contracts.Job) string {
+func msgID(j *contracts.Job) string {
 	return j.JobID() + "." + strconv.Itoa(j.Attempt)
 }
 
@@ -51,13 +51,18 @@ func jobMsg(subject string, j *contracts.Job, data []byte) *nats.Msg {
 	return m
 }
 
-// PublishJob makes a job ready for delivery and returns once the broker
+// jobSubject is the subject a job is ready for delivery on.
+func (c *Client) jobSubject(j *contracts.Job) string {
+	return contracts.JobSubject(c.shardOf(j), j.Dest(), j.QueueID, j.Part)
+}
+
+// publishJob makes a job ready for delivery and returns once the broker
 // has stored it (with sync_interval: always, on disk). inline is the body
 // when it travels in the message, in parts taken in order (none when it is
 // in the body bucket). The payload is framed into a reused buffer: the
 // client copies it into its connection's buffer before it waits for the
-// acknowledgement, and nothing holds on to it once PublishJob returns.
-func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline ...[]byte) error {
+// acknowledgement, and nothing holds on to it once publishJob returns.
+func (c *Client) publishJob(ctx context.Context, j *contracts.Job, inline ...[]byte) error {
 	bp := payloadPool.Get().(*[]byte)
 	data, err := contracts.AppendJob((*bp)[:0], j, inline...)
 	if err != nil {
@@ -70,9 +75,8 @@ func (c *Client) PublishJob(ctx context.Context, j *contracts.Job, inline ...[]b
 			payloadPool.Put(bp)
 		}
 	}()
-	shard := c.shardOf(j)
-	err = c.publishIdempotent(ctx, jobMsg(contracts.JobSubject(shard, j.Dest(), j.JobID()), j, data),
-		jetstream.WithMsgID(MsgID(j)), jetstream.WithExpectStream(contracts.QueueStream(shard)))
+	err = c.publishIdempotent(ctx, jobMsg(c.jobSubject(j), j, data),
+		jetstream.WithMsgID(msgID(j)), jetstream.WithExpectStream(contracts.QueueStream(c.shardOf(j))))
 	if err != nil {
 		return fmt.Errorf("%w: publish job %s: %v", ErrUnavailable, j.JobID(), err)
 	}
@@ -145,40 +149,36 @@ func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jet
 	}
 }
 
-// ScheduleJob stores a job that becomes ready at `at`: a NATS message
+// schedule stores a job that becomes ready at `at`: a NATS message
 // schedule on the job's schedule subject, targeting its job subject. The
 // schedule survives restarts of workers and of the broker; one that came
 // due while the broker was down fires right after it is back.
-func (c *Client) ScheduleJob(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
-	return c.schedule(ctx, j, inline, at, MsgID(j))
+func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
+	shard, dest := c.shardOf(j), j.Dest()
+	return c.scheduleOn(ctx, contracts.ScheduleSubject(shard, dest, j.QueueID, j.Part),
+		contracts.JobSubject(shard, dest, j.QueueID, j.Part), j, inline, at, msgID(j))
 }
 
-// RescheduleJob replaces a pending schedule (same subject) with one due at
-// `at`, e.g. "retry now" from the operator. The de-duplication ID differs
-// from the original's so the broker does not drop it.
-func (c *Client) RescheduleJob(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
-	return c.schedule(ctx, j, inline, at, MsgID(j)+".r"+strconv.FormatInt(time.Now().UnixNano(), 36))
-}
-
-func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, at time.Time, msgID string) error {
+// scheduleOn publishes a schedule on subject (one per subject: a new one
+// replaces a pending one) that turns into a job on target at `at`.
+func (c *Client) scheduleOn(ctx context.Context, subject, target string, j *contracts.Job, inline []byte, at time.Time, id string) error {
 	data, err := contracts.EncodeJob(j, inline)
 	if err != nil {
 		return err
 	}
-	dest, id, shard := j.Dest(), j.JobID(), c.shardOf(j)
-	err = c.publishIdempotent(ctx, jobMsg(contracts.ScheduleSubject(shard, dest, id), j, data),
-		jetstream.WithMsgID(msgID),
-		jetstream.WithExpectStream(contracts.QueueStream(shard)),
+	err = c.publishIdempotent(ctx, jobMsg(subject, j, data),
+		jetstream.WithMsgID(id),
+		jetstream.WithExpectStream(contracts.QueueStream(c.shardOf(j))),
 		jetstream.WithScheduleAt(at),
-		jetstream.WithScheduleTarget(contracts.JobSubject(shard, dest, id)))
+		jetstream.WithScheduleTarget(target))
 	if err != nil {
-		return fmt.Errorf("%w: schedule job %s: %v", ErrUnavailable, id, err)
+		return fmt.Errorf("%w: schedule job %s: %v", ErrUnavailable, j.JobID(), err)
 	}
 	return nil
 }
 
-// PublishDeadLetter stores a dead letter; idempotent per d.ID.
-func (c *Client) PublishDeadLetter(ctx context.Context, d *contracts.DeadLetter, inline []byte) error {
+// publishDeadLetter stores a dead letter; idempotent per d.ID.
+func (c *Client) publishDeadLetter(ctx context.Context, d *contracts.DeadLetter, inline []byte) error {
 	data, err := contracts.EncodeDeadLetter(d, inline)
 	if err != nil {
 		return err
@@ -194,127 +194,40 @@ func (c *Client) PublishDeadLetter(ctx context.Context, d *contracts.DeadLetter,
 	return nil
 }
 
-// DeleteBody removes a body object; a missing one is not an error.
-func (c *Client) DeleteBody(ctx context.Context, name string) error {
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	err := c.bodies.Delete(ctx, name)
-	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		return fmt.Errorf("%w: delete body %s: %v", ErrUnavailable, name, err)
+// retract removes a job that is ready for delivery (by its unique
+// subject). It succeeds when the job is not, or no longer, in the queue.
+func (c *Client) retract(ctx context.Context, j *contracts.Job) error {
+	err := c.queues[c.shardOf(j)].Purge(ctx, jetstream.WithPurgeSubject(c.jobSubject(j)))
+	if err != nil {
+		return fmt.Errorf("%w: retract job %s: %v", ErrUnavailable, j.JobID(), err)
 	}
 	return nil
 }
 
-// BodyBucketSize is the stored size of the body bucket in bytes.
-func (c *Client) BodyBucketSize(ctx context.Context) (uint64, error) {
-	st, err := c.bodies.Status(ctx)
-	if err != nil {
-		return 0, err
+// purgeQueueSubject removes every message on one queue subject (cancels a
+// scheduled retry, removes a delivered job).
+func (c *Client) purgeQueueSubject(ctx context.Context, subject string) error {
+	qs, ok := contracts.ParseQueueSubject(subject)
+	if !ok || qs.Shard >= len(c.queues) {
+		return fmt.Errorf("not a queue subject: %q", subject)
 	}
-	return st.Size(), nil
-}
-
-// CreateBodyRefs records the first holders of a new body object.
-func (c *Client) CreateBodyRefs(ctx context.Context, name string, holders ...string) error {
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	val, _ := json.Marshal(holders)
-	_, err := c.refs.Create(ctx, name, val)
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		// A retried ingress publish: make sure the holders are recorded.
-		_, _, err = c.UpdateBodyRefs(ctx, name, nil, holders)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+	if err := c.queues[qs.Shard].Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+		return fmt.Errorf("%w: purge %s: %v", ErrUnavailable, subject, err)
 	}
 	return nil
 }
 
-// UpdateBodyRefs removes and adds holders of a body object atomically
-// (compare-and-set). It reports how many holders remain and whether every
-// holder in remove was present. When none remain the caller deletes the
-// body with ReleaseBody. A missing key reads as no holders.
-func (c *Client) UpdateBodyRefs(ctx context.Context, name string, remove, add []string) (remaining int, held bool, err error) {
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	for try := 0; try < 50; try++ {
-		entry, err := c.refs.Get(ctx, name)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			if len(add) == 0 {
-				return 0, len(remove) == 0, nil
-			}
-			val, _ := json.Marshal(add)
-			if _, err := c.refs.Create(ctx, name, val); errors.Is(err, jetstream.ErrKeyExists) {
-				continue
-			} else if err != nil {
-				return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
-			}
-			return len(add), len(remove) == 0, nil
+// deleteMsg removes one message by sequence; one already gone is not an
+// error.
+func deleteMsg(ctx context.Context, s jetstream.Stream, seq uint64) error {
+	err := s.DeleteMsg(ctx, seq)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		// nats.go reports a refused delete without the server's error
+		// code: ask whether the message is still there.
+		if _, gerr := s.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return nil
 		}
-		if err != nil {
-			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
-		}
-		var holders []string
-		if len(entry.Value()) > 0 {
-			if err := json.Unmarshal(entry.Value(), &holders); err != nil {
-				return 0, false, fmt.Errorf("body refs %s: %w", name, err)
-			}
-		}
-		held = true
-		for _, r := range remove {
-			i := slices.Index(holders, r)
-			if i < 0 {
-				held = false
-				continue
-			}
-			holders = slices.Delete(holders, i, i+1)
-		}
-		for _, a := range add {
-			if !slices.Contains(holders, a) {
-				holders = append(holders, a)
-			}
-		}
-		val, _ := json.Marshal(holders)
-		if _, err := c.refs.Update(ctx, name, val, entry.Revision()); err != nil {
-			var apiErr *jetstream.APIError
-			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-				continue // lost a race with another worker: read again
-			}
-			return 0, false, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
-		}
-		return len(holders), held, nil
-	}
-	return 0, false, fmt.Errorf("%w: body refs %s: too much contention", ErrUnavailable, name)
-}
-
-// BodyHolders lists the holders of a body object (nil when none).
-func (c *Client) BodyHolders(ctx context.Context, name string) ([]string, error) {
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	entry, err := c.refs.Get(ctx, name)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
-	}
-	var holders []string
-	if len(entry.Value()) > 0 {
-		if err := json.Unmarshal(entry.Value(), &holders); err != nil {
-			return nil, fmt.Errorf("body refs %s: %w", name, err)
-		}
-	}
-	return holders, nil
-}
-
-// ReleaseBody deletes a body that no job or dead letter holds any more,
-// then its (empty) holder record.
-func (c *Client) ReleaseBody(ctx context.Context, name string) error {
-	if err := c.DeleteBody(ctx, name); err != nil {
-		return err
-	}
-	if err := c.refs.Purge(ctx, name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("%w: body refs %s: %v", ErrUnavailable, name, err)
+		return fmt.Errorf("%w: delete message %d: %v", ErrUnavailable, seq, err)
 	}
 	return nil
 }
@@ -336,13 +249,30 @@ func decodeB64URL(s string) ([]byte, error) {
 	return base64.RawURLEncoding.DecodeString(s)
 }
 
-// RetractJob removes a job that is ready for delivery (by its unique
-// subject). It succeeds when the job is not, or no longer, in the queue.
-func (c *Client) RetractJob(ctx context.Context, j *contracts.Job) error {
-	shard := c.shardOf(j)
-	err := c.queues[shard].Purge(ctx, jetstream.WithPurgeSubject(contracts.JobSubject(shard, j.Dest(), j.JobID())))
-	if err != nil {
-		return fmt.Errorf("%w: retract job %s: %v", ErrUnavailable, j.JobID(), err)
+// retrying runs a broker operation until it succeeds, fails for a reason
+// other than ErrUnavailable, or about 30 s have passed: a follow-up of a
+// delivery that is not recorded means the job runs again and recipients
+// that were just delivered get the message twice.
+func retrying(ctx context.Context, f func(context.Context) error) error {
+	backoff := 200 * time.Millisecond
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f(ctx)
+		if err == nil || !errors.Is(err, ErrUnavailable) || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		if backoff < 3*time.Second {
+			backoff *= 2
+		}
 	}
-	return nil
+}
+
+// scheduleTarget is the job subject a schedule subject turns into.
+func scheduleTarget(subject string) string {
+	return strings.Replace(subject, ".sched.", ".job.", 1)
 }

@@ -106,7 +106,7 @@ const cursorShift = 48
 // below the ack floor, waiting to be purged, are skipped (one delivered in
 // the last moments above the floor may still show).
 func (c *Client) ScanQueue(ctx context.Context, after uint64, fn func(*QueuedJob) bool) error {
-	floors, err := c.AckFloors(ctx)
+	floors, err := c.ackFloors(ctx)
 	if err != nil {
 		return err
 	}
@@ -117,28 +117,43 @@ func (c *Client) ScanQueue(ctx context.Context, after uint64, fn func(*QueuedJob
 		if shard == startShard {
 			from = startSeq + 1
 		}
-		err := c.scan(ctx, contracts.QueueStream(shard), contracts.QueueSubjects(shard), from, func(m *StoredMsg) bool {
-			qs, _ := contracts.ParseQueueSubject(m.Subject)
-			if qs.Kind == "job" && m.Seq <= floors[shard] {
-				return true
-			}
-			qj := &QueuedJob{Shard: shard, Seq: m.Seq, Cursor: uint64(shard)<<cursorShift | m.Seq, Subject: m.Subject, Stored: m.Time}
-			if qs.Kind == "sched" {
-				qj.Scheduled = true
-				qj.NextAt = scheduleTime(m.Header.Get(contracts.HeaderSchedule))
-			}
-			qj.Job, qj.Inline, qj.Err = contracts.DecodeJob(m.Data)
-			if !fn(qj) {
-				stop = true
-				return false
-			}
-			return true
+		err := c.scanShard(ctx, shard, contracts.QueueSubjects(shard), from, floors[shard], func(qj *QueuedJob) bool {
+			stop = !fn(qj)
+			return !stop
 		})
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// MessageJobs calls fn for the jobs of one message in the live queue, found
+// by its queue ID without reading the rest of the queue. (Jobs written
+// before subjects carried the queue ID are found by ScanQueue only.)
+func (c *Client) MessageJobs(ctx context.Context, queueID string, fn func(*QueuedJob) bool) error {
+	shard := contracts.ShardOf(queueID, len(c.queues))
+	floors, err := c.ackFloors(ctx)
+	if err != nil {
+		return err
+	}
+	return c.scanShard(ctx, shard, contracts.JobsOf(shard, queueID), 1, floors[shard], fn)
+}
+
+func (c *Client) scanShard(ctx context.Context, shard int, filter string, from, floor uint64, fn func(*QueuedJob) bool) error {
+	return c.scan(ctx, contracts.QueueStream(shard), filter, from, func(m *StoredMsg) bool {
+		qs, _ := contracts.ParseQueueSubject(m.Subject)
+		if qs.Kind == "job" && m.Seq <= floor {
+			return true
+		}
+		qj := &QueuedJob{Shard: shard, Seq: m.Seq, Cursor: uint64(shard)<<cursorShift | m.Seq, Subject: m.Subject, Stored: m.Time}
+		if qs.Kind == "sched" {
+			qj.Scheduled = true
+			qj.NextAt = scheduleTime(m.Header.Get(contracts.HeaderSchedule))
+		}
+		qj.Job, qj.Inline, qj.Err = contracts.DecodeJob(m.Data)
+		return fn(qj)
+	})
 }
 
 // scheduleTime reads "@at 2026-11-22T18:30:00Z".
@@ -156,9 +171,29 @@ type StoredDeadLetter struct {
 	Err    error
 }
 
+// ID is the dead letter's ID, or its sequence when it does not decode.
+func (s *StoredDeadLetter) ID() string {
+	if s.DL != nil {
+		return s.DL.ID
+	}
+	return fmt.Sprintf("#%d", s.Seq)
+}
+
 // ScanDeadLetters calls fn for every dead letter from sequence `from` on.
 func (c *Client) ScanDeadLetters(ctx context.Context, from uint64, fn func(*StoredDeadLetter) bool) error {
-	return c.scan(ctx, contracts.StreamDeadLetter, contracts.SubjectDeadLettersAll, from, func(m *StoredMsg) bool {
+	return c.scanDeadLetters(ctx, contracts.SubjectDeadLettersAll, from, fn)
+}
+
+// MessageDeadLetters calls fn for the dead letters of one message, found
+// by its queue ID without reading the other dead letters. (Dead letters
+// written before subjects carried the queue ID are found by
+// ScanDeadLetters only.)
+func (c *Client) MessageDeadLetters(ctx context.Context, queueID string, fn func(*StoredDeadLetter) bool) error {
+	return c.scanDeadLetters(ctx, contracts.DeadLettersOf(queueID), 1, fn)
+}
+
+func (c *Client) scanDeadLetters(ctx context.Context, filter string, from uint64, fn func(*StoredDeadLetter) bool) error {
+	return c.scan(ctx, contracts.StreamDeadLetter, filter, from, func(m *StoredMsg) bool {
 		sd := &StoredDeadLetter{Seq: m.Seq, Stored: m.Time}
 		sd.DL, sd.Inline, sd.Err = contracts.DecodeDeadLetter(m.Data)
 		return fn(sd)
