@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
 )
 
@@ -53,38 +54,47 @@ func mayBounce(j *contracts.Job) bool {
 	return j.From != "" && j.Kind != contracts.KindDSN
 }
 
-// planDSNs adds the DSNs an attempt calls for to the plan.
-func (w *Worker) planDSNs(job *contracts.Job, oc *outcome, p *finalPlan, src bodySource, now time.Time) {
+// planDSNs adds the notifications an attempt calls for to the plan:
+// failures (the dead recipients), a delay warning once a message has
+// waited delivery.delay_warning, and successes the sender asked for when
+// the next hop does not report them itself.
+func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open func() (io.ReadCloser, error), now time.Time) {
 	if !mayBounce(job) {
 		return
 	}
 	var failed, delayed, relayed []dsnRcpt
-	if p.dead != nil {
-		for _, r := range p.dead.Job.Rcpts {
+	if d := p.outcome.Dead; d != nil {
+		for _, r := range d.Rcpts {
 			if notifies(r, actionFailed) {
 				failed = append(failed, dsnRcpt{rcpt: r, reply: r.LastReply, host: hostOf(r.LastReply)})
 			}
 		}
 	}
-	if len(p.retries) > 0 && w.opts.DelayWarning > 0 && !job.DelayNotified && now.Sub(job.FirstSeen) >= w.opts.DelayWarning {
-		for _, rj := range p.retries {
-			rj.job.DelayNotified = true
-			for _, r := range rj.job.Rcpts {
+	if len(p.outcome.Retries) > 0 && w.opts.DelayWarning > 0 && !job.DelayNotified && now.Sub(job.FirstSeen) >= w.opts.DelayWarning {
+		for i := range p.outcome.Retries {
+			rj := &p.outcome.Retries[i]
+			rj.DelayNotified = true
+			for _, r := range rj.Rcpts {
 				if notifies(r, actionDelayed) {
 					delayed = append(delayed, dsnRcpt{rcpt: r, reply: r.LastReply, host: hostOf(r.LastReply)})
 				}
 			}
 		}
 	}
-	for _, rr := range oc.delivered {
-		if !rr.group.dsnExt && len(rr.rcpt.Notify) > 0 && notifies(rr.rcpt, actionRelayed) {
-			relayed = append(relayed, dsnRcpt{rcpt: rr.rcpt, reply: rr.reply, host: rr.group.host})
+	for _, g := range groups {
+		if g.report.ReportsSuccess {
+			continue
+		}
+		for i, v := range g.verdicts {
+			if r := g.rcpts[i]; v.Class == Delivered && len(r.Notify) > 0 && notifies(r, actionRelayed) {
+				relayed = append(relayed, dsnRcpt{rcpt: r, reply: v.Reply, host: g.report.Host})
+			}
 		}
 	}
 	if len(failed)+len(delayed)+len(relayed) == 0 {
 		return
 	}
-	original := readOriginal(src, job)
+	original := readOriginal(open, job)
 	add := func(action string, rcpts []dsnRcpt) {
 		if len(rcpts) == 0 {
 			return
@@ -101,8 +111,7 @@ func (w *Worker) planDSNs(job *contracts.Job, oc *outcome, p *finalPlan, src bod
 			Attempt:    1,
 		}
 		body := buildDSN(w.opts.Hostname, job, action, rcpts, original, d.QueueID, now, job.FirstSeen.Add(w.opts.MaxAge))
-		p.dsns = append(p.dsns, d)
-		p.dsnBodies = append(p.dsnBodies, body)
+		p.outcome.Notices = append(p.outcome.Notices, broker.Notice{Job: d, Body: body})
 	}
 	add(actionFailed, failed)
 	add(actionDelayed, delayed)
@@ -124,19 +133,14 @@ type original struct {
 
 // readOriginal fetches the message, or its header section when it is large
 // or the sender asked for RET=HDRS.
-func readOriginal(src bodySource, j *contracts.Job) original {
+func readOriginal(open func() (io.ReadCloser, error), j *contracts.Job) original {
 	wantHeaders := strings.EqualFold(j.Params.Ret, "HDRS") || j.Body.Size > maxReturnedBody
-	var data []byte
-	if src.object == "" {
-		data = src.inline
-	} else {
-		rc, err := src.open()
-		if err != nil {
-			return original{headers: true}
-		}
-		data, _ = io.ReadAll(io.LimitReader(rc, maxReturnedBody+1))
-		rc.Close()
+	rc, err := open()
+	if err != nil {
+		return original{headers: true}
 	}
+	data, _ := io.ReadAll(io.LimitReader(rc, maxReturnedBody+1))
+	rc.Close()
 	if !wantHeaders && int64(len(data)) <= maxReturnedBody {
 		return original{data: data}
 	}

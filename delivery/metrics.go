@@ -7,7 +7,10 @@ type metrics struct {
 	latency    prometheus.Histogram
 	dead       *prometheus.CounterVec
 	tls        *prometheus.CounterVec
+	bytes      prometheus.Counter
 }
+
+func (m *metrics) deadLetter(reason string) { m.dead.WithLabelValues(reason).Inc() }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
@@ -26,9 +29,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		tls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jetrelay_tls_sessions_total", Help: "TLS sessions by direction and protocol version.",
 		}, []string{"direction", "version"}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jetrelay_delivery_bytes_total", Help: "Message bytes written to next hops (with SMTP dot-stuffing).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.latency, m.dead)
+		reg.MustRegister(m.deliveries, m.latency, m.dead, m.bytes)
 		// The TLS counter is shared with the ingress in one process.
 		if err := reg.Register(m.tls); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {

@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,22 +11,64 @@ import (
 	"strings"
 
 	"github.com/jetrelay/jetrelay/contracts"
-	"github.com/jetrelay/jetrelay/internal/config"
 )
 
-// destination is where a group of recipients goes: a route, the smart
-// host, or the recipient domain's MX hosts. Recipients with the same
-// destination key share one SMTP transaction.
-type destination struct {
-	key     string // "mx:example.com", "smarthost", "route:corp.example", "hop:host:port"
-	kind    string // mx, smarthost, route, override
-	domain  string // recipient domain, for MX lookups
-	hosts   []string
-	policy  string // TLS policy
-	verify  bool   // verify the server certificate
-	user    string
-	pass    string
-	plainOK bool // AUTH allowed without TLS
+// TLSPolicy says how a connection to a next hop is protected.
+type TLSPolicy string
+
+// TLS policies for outbound connections.
+const (
+	// TLSNone never starts TLS.
+	TLSNone TLSPolicy = "none"
+	// TLSOpportunistic uses STARTTLS when offered, without verifying the
+	// certificate, and falls back to plaintext when it fails.
+	TLSOpportunistic TLSPolicy = "opportunistic"
+	// TLSRequired insists on STARTTLS with a verified certificate.
+	TLSRequired TLSPolicy = "required"
+	// TLSImplicit speaks TLS from the first byte (port 465 style), verified.
+	TLSImplicit TLSPolicy = "implicit"
+)
+
+// ParseTLSPolicy reads a policy name ("" is opportunistic).
+func ParseTLSPolicy(s string) (TLSPolicy, error) {
+	switch p := TLSPolicy(s); p {
+	case "":
+		return TLSOpportunistic, nil
+	case TLSNone, TLSOpportunistic, TLSRequired, TLSImplicit:
+		return p, nil
+	}
+	return "", fmt.Errorf("TLS policy must be none, opportunistic, required or implicit, got %q", s)
+}
+
+// Route is a configured next hop: the smart host, or the hop for one
+// recipient domain.
+type Route struct {
+	// Hosts are "host:port" (or "host", port 25), tried in order.
+	Hosts []string
+	TLS   TLSPolicy // "" is opportunistic
+	// TLSSkipVerify accepts any certificate (required/implicit policies).
+	TLSSkipVerify bool
+	// Username and Password authenticate (AUTH PLAIN or LOGIN); only over
+	// TLS unless AllowPlainAuth.
+	Username, Password string
+	AllowPlainAuth     bool
+}
+
+// Destination is where a group of recipients goes: a route, the smart
+// host, or the recipient domain's MX hosts. Recipients with the same Key
+// share one transaction.
+type Destination struct {
+	Key    string // "mx:example.com", "smarthost", "route:corp.example", "hop:host:port"
+	Kind   string // mx, smarthost, route, override
+	Domain string // recipient domain, for MX lookups and logs
+	Route         // hosts, TLS and credentials (Hosts empty for mx)
+	// Verify: the next hop's certificate must be valid for TLS to count.
+	// A configured hop (smart host, route) is verified unless
+	// TLSSkipVerify, also under the opportunistic policy, where a failed
+	// verification falls back to plaintext (so credentials never go to an
+	// unverified server); an MX host only under the required policy
+	// (opportunistic MX TLS takes any certificate, as RFC 7435 suggests).
+	Verify bool
 }
 
 // hop is one address to connect to.
@@ -36,79 +77,57 @@ type hop struct {
 	addr string // host:port or ip:port to dial
 }
 
-// Router decides destinations. Its configuration is fixed at start.
-type Router struct {
-	port      int
-	smarthost []string
-	shPolicy  string
-	shVerify  bool
-	shUser    string
-	shPass    string
-	shPlainOK bool
-	mxPolicy  string
-	routes    map[string]*destination
-	resolver  *net.Resolver
-	maxHosts  int
-}
-
 // RouterOptions configure a Router; secrets are already read from files.
 type RouterOptions struct {
-	Port                int
-	Smarthost           []string
-	SmarthostTLS        string
-	SmarthostSkipVerify bool
-	SmarthostUser       string
-	SmarthostPassword   string
-	SmarthostAllowPlain bool
-	MXTLS               string
-	Routes              map[string]config.Route
-	RoutePasswords      map[string]string // domain → password read from password_file
-	DNSServer           string
-	MaxMXHosts          int
+	// Port is the TCP port for direct MX delivery.
+	Port int
+	// MXTLS is the TLS policy toward MX hosts.
+	MXTLS TLSPolicy
+	// Smarthost, when it has hosts, takes every recipient without a route.
+	Smarthost Route
+	// Routes are per recipient domain.
+	Routes map[string]Route
+	// DNSServer is the resolver "host:port" for MX lookups ("": the system's).
+	DNSServer string
+	// MaxMXHosts caps the addresses tried per destination.
+	MaxMXHosts int
+}
+
+// DefaultRouterOptions: direct MX delivery on port 25, opportunistic TLS,
+// at most five hosts per attempt.
+func DefaultRouterOptions() RouterOptions {
+	return RouterOptions{Port: 25, MXTLS: TLSOpportunistic, MaxMXHosts: 5}
+}
+
+// Router decides destinations. Its configuration is fixed at start.
+type Router struct {
+	o        RouterOptions
+	routes   map[string]*Destination
+	resolver *net.Resolver
 }
 
 // NewRouter builds a Router.
 func NewRouter(o RouterOptions) *Router {
-	r := &Router{
-		port:      o.Port,
-		smarthost: o.Smarthost,
-		shPolicy:  o.SmarthostTLS,
-		shVerify:  !o.SmarthostSkipVerify,
-		shUser:    o.SmarthostUser,
-		shPass:    o.SmarthostPassword,
-		shPlainOK: o.SmarthostAllowPlain,
-		mxPolicy:  o.MXTLS,
-		routes:    map[string]*destination{},
-		maxHosts:  o.MaxMXHosts,
+	d := DefaultRouterOptions()
+	if o.Port == 0 {
+		o.Port = d.Port
 	}
-	if r.maxHosts <= 0 {
-		r.maxHosts = 5
+	if o.MaxMXHosts <= 0 {
+		o.MaxMXHosts = d.MaxMXHosts
 	}
-	if r.mxPolicy == "" {
-		r.mxPolicy = config.TLSOpportunistic
+	if o.MXTLS == "" {
+		o.MXTLS = d.MXTLS
 	}
-	if r.shPolicy == "" {
-		r.shPolicy = config.TLSOpportunistic
+	if o.Smarthost.TLS == "" {
+		o.Smarthost.TLS = TLSOpportunistic
 	}
+	r := &Router{o: o, routes: map[string]*Destination{}}
 	for dom, rt := range o.Routes {
 		d := strings.ToLower(strings.TrimSuffix(dom, "."))
-		hosts := []string{}
-		if rt.Host != "" {
-			hosts = append(hosts, rt.Host)
+		if rt.TLS == "" {
+			rt.TLS = TLSOpportunistic
 		}
-		hosts = append(hosts, rt.Hosts...)
-		pass := rt.Password
-		if p, ok := o.RoutePasswords[dom]; ok {
-			pass = p
-		}
-		policy := rt.TLS
-		if policy == "" {
-			policy = config.TLSOpportunistic
-		}
-		r.routes[d] = &destination{
-			key: "route:" + d, kind: "route", domain: d, hosts: hosts, policy: policy,
-			verify: !rt.TLSSkipVerify, user: rt.Username, pass: pass, plainOK: rt.AllowPlainAuth,
-		}
+		r.routes[d] = &Destination{Key: "route:" + d, Kind: "route", Domain: d, Route: rt, Verify: !rt.TLSSkipVerify}
 	}
 	if o.DNSServer != "" {
 		server := o.DNSServer
@@ -126,37 +145,29 @@ func NewRouter(o RouterOptions) *Router {
 }
 
 // destinationFor routes one recipient domain, first match wins: a per-job
-// override (replay --route), delivery.routes, the smart host, direct MX.
-func (r *Router) destinationFor(j *contracts.Job, domain string) *destination {
+// override (replay --route), a route for the domain, the smart host,
+// direct MX.
+func (r *Router) destinationFor(j *contracts.Job, domain string) *Destination {
 	domain = strings.ToLower(domain)
 	if j.Route != "" {
-		return &destination{key: "hop:" + j.Route, kind: "override", domain: domain, hosts: []string{j.Route},
-			policy: config.TLSOpportunistic, verify: false}
+		return &Destination{Key: "hop:" + j.Route, Kind: "override", Domain: domain,
+			Route: Route{Hosts: []string{j.Route}, TLS: TLSOpportunistic}}
 	}
 	if d, ok := r.routes[domain]; ok {
 		return d
 	}
-	if len(r.smarthost) > 0 {
-		return &destination{key: "smarthost", kind: "smarthost", domain: domain, hosts: r.smarthost,
-			policy: r.shPolicy, verify: r.shVerify, user: r.shUser, pass: r.shPass, plainOK: r.shPlainOK}
+	if len(r.o.Smarthost.Hosts) > 0 {
+		return &Destination{Key: "smarthost", Kind: "smarthost", Domain: domain, Route: r.o.Smarthost, Verify: !r.o.Smarthost.TLSSkipVerify}
 	}
-	return &destination{key: "mx:" + domain, kind: "mx", domain: domain, policy: r.mxPolicy,
-		verify: r.mxPolicy == config.TLSRequired}
+	return &Destination{Key: "mx:" + domain, Kind: "mx", Domain: domain, Route: Route{TLS: r.o.MXTLS}, Verify: r.o.MXTLS == TLSRequired}
 }
-
-// routeError is a routing failure with its SMTP-style classification.
-type routeError struct {
-	reply contracts.Reply
-}
-
-func (e *routeError) Error() string { return e.reply.String() }
 
 // hops lists the addresses to try for a destination, in order, at most
-// maxHosts of them.
-func (r *Router) hops(ctx context.Context, d *destination) ([]hop, error) {
-	if d.kind != "mx" {
-		out := make([]hop, 0, len(d.hosts))
-		for _, h := range d.hosts {
+// MaxMXHosts of them. A failure is a *RouteError.
+func (r *Router) hops(ctx context.Context, d *Destination) ([]hop, error) {
+	if d.Kind != "mx" {
+		out := make([]hop, 0, len(d.Hosts))
+		for _, h := range d.Hosts {
 			host, _, err := net.SplitHostPort(h)
 			if err != nil {
 				host, h = h, net.JoinHostPort(h, "25")
@@ -165,36 +176,36 @@ func (r *Router) hops(ctx context.Context, d *destination) ([]hop, error) {
 		}
 		return out, nil
 	}
-	port := strconv.Itoa(r.port)
+	port := strconv.Itoa(r.o.Port)
 	// An address literal: deliver to that address.
-	if strings.HasPrefix(d.domain, "[") && strings.HasSuffix(d.domain, "]") {
-		lit := strings.TrimPrefix(strings.TrimPrefix(d.domain[1:len(d.domain)-1], "IPv6:"), "ipv6:")
+	if strings.HasPrefix(d.Domain, "[") && strings.HasSuffix(d.Domain, "]") {
+		lit := strings.TrimPrefix(strings.TrimPrefix(d.Domain[1:len(d.Domain)-1], "IPv6:"), "ipv6:")
 		a, err := netip.ParseAddr(lit)
 		if err != nil {
-			return nil, &routeError{contracts.Reply{Code: 550, Enhanced: "5.1.2", Text: "bad address literal " + d.domain}}
+			return nil, &RouteError{Kind: RouteBadLiteral, Domain: d.Domain, Err: err}
 		}
 		return []hop{{name: a.String(), addr: net.JoinHostPort(a.String(), port)}}, nil
 	}
-	fqdn := d.domain + "."
+	fqdn := d.Domain + "."
 	mxs, err := r.resolver.LookupMX(ctx, fqdn)
 	var hosts []string
 	switch {
 	case err == nil && len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == ""):
 		// RFC 7505 null MX: the domain accepts no mail.
-		return nil, &routeError{contracts.Reply{Code: 556, Enhanced: "5.1.10", Text: d.domain + " does not accept mail (null MX)"}}
+		return nil, &RouteError{Kind: RouteNullMX, Domain: d.Domain}
 	case err == nil && len(mxs) > 0:
 		hosts = orderMX(mxs)
 	case err == nil || isNotFound(err):
 		// No MX records: the domain itself is the implicit MX (RFC 5321
 		// §5.1), if it has an address at all.
-		hosts = []string{d.domain}
+		hosts = []string{d.Domain}
 	default:
-		return nil, dnsError(d.domain, "MX", err)
+		return nil, dnsError(d.Domain, "MX", err)
 	}
 	var out []hop
 	var lastErr error
 	for _, h := range hosts {
-		if len(out) >= r.maxHosts {
+		if len(out) >= r.o.MaxMXHosts {
 			break
 		}
 		ips, err := r.resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(h, ".")+".")
@@ -203,20 +214,20 @@ func (r *Router) hops(ctx context.Context, d *destination) ([]hop, error) {
 			continue
 		}
 		for _, ip := range ips {
-			if len(out) >= r.maxHosts {
+			if len(out) >= r.o.MaxMXHosts {
 				break
 			}
 			out = append(out, hop{name: strings.TrimSuffix(h, "."), addr: net.JoinHostPort(ip.Unmap().String(), port)})
 		}
 	}
 	if len(out) == 0 {
-		if len(hosts) == 1 && hosts[0] == d.domain && (lastErr == nil || isNotFound(lastErr)) {
-			return nil, &routeError{contracts.Reply{Code: 550, Enhanced: "5.1.2", Text: "domain " + d.domain + " not found"}}
+		if len(hosts) == 1 && hosts[0] == d.Domain && (lastErr == nil || isNotFound(lastErr)) {
+			return nil, &RouteError{Kind: RouteNotFound, Domain: d.Domain, Err: lastErr}
 		}
 		if lastErr != nil && !isNotFound(lastErr) {
-			return nil, dnsError(d.domain, "address", lastErr)
+			return nil, dnsError(d.Domain, "address", lastErr)
 		}
-		return nil, &routeError{contracts.Reply{Code: 451, Enhanced: "4.4.4", Text: "no address found for the MX hosts of " + d.domain}}
+		return nil, &RouteError{Kind: RouteNoAddress, Domain: d.Domain, Err: lastErr}
 	}
 	return out, nil
 }
@@ -234,19 +245,4 @@ func orderMX(mxs []*net.MX) []string {
 		}
 	}
 	return out
-}
-
-func isNotFound(err error) bool {
-	var de *net.DNSError
-	return errors.As(err, &de) && de.IsNotFound
-}
-
-// dnsError classifies a lookup failure: NXDOMAIN is permanent, everything
-// else (SERVFAIL, timeouts, refused) temporary.
-func dnsError(domain, what string, err error) error {
-	var de *net.DNSError
-	if errors.As(err, &de) && de.IsNotFound {
-		return &routeError{contracts.Reply{Code: 550, Enhanced: "5.1.2", Text: fmt.Sprintf("domain %s not found", domain)}}
-	}
-	return &routeError{contracts.Reply{Code: 451, Enhanced: "4.4.3", Text: fmt.Sprintf("DNS %s lookup for %s failed: %v", what, domain, err)}}
 }

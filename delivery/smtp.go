@@ -44,18 +44,6 @@ func DefaultTimeouts() Timeouts {
 	}
 }
 
-// smtpError is a reply that ended a step of the dialogue.
-type smtpError struct {
-	Reply contracts.Reply
-	Stage string // greeting, ehlo, starttls, auth, mail, rcpt, data, dot
-}
-
-func (e *smtpError) Error() string { return e.Stage + ": " + e.Reply.String() }
-
-// errNeedsPlaintextRetry marks a TLS failure after which an opportunistic
-// policy may reconnect without TLS.
-var errTLSFailed = errors.New("TLS failed")
-
 // smtpConn is an outbound SMTP connection: jetrelay's own client, because
 // go-smtp's has no opportunistic STARTTLS, always says EHLO localhost
 // before STARTTLS, re-sends EHLO after every RSET and does not pipeline.
@@ -68,7 +56,8 @@ type smtpConn struct {
 	host    string // next-hop name
 	addr    string // ip:port connected to
 	to      Timeouts
-	sent    int // transactions completed on this connection
+	sent    int   // transactions completed on this connection
+	written int64 // bytes written to the connection (before TLS)
 	broken  bool
 	lastUse time.Time
 }
@@ -101,7 +90,19 @@ func dialSMTP(ctx context.Context, dialer *net.Dialer, host, addr string, implic
 func (c *smtpConn) setIO(nc net.Conn) {
 	c.nc = nc
 	c.br = bufio.NewReaderSize(nc, 4096)
-	c.bw = bufio.NewWriterSize(nc, 32<<10)
+	c.bw = bufio.NewWriterSize(countingWriter{nc, &c.written}, 32<<10)
+}
+
+// countingWriter counts what goes through it.
+type countingWriter struct {
+	w io.Writer
+	n *int64
+}
+
+func (cw countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	*cw.n += int64(n)
+	return n, err
 }
 
 func (c *smtpConn) handshake(ctx context.Context, cfg *tls.Config) error {
@@ -130,7 +131,7 @@ func (c *smtpConn) deadline(ctx context.Context, d time.Duration) func() {
 }
 
 // cmd sends one command and reads its reply; a reply whose code class
-// differs from want's is returned as *smtpError.
+// differs from want's is returned as *ReplyError.
 func (c *smtpConn) cmd(ctx context.Context, d time.Duration, want int, stage, format string, args ...any) (*contracts.Reply, error) {
 	done := c.deadline(ctx, d)
 	defer done()
@@ -207,7 +208,7 @@ func (c *smtpConn) readReplyLocked(want int, stage string) (*contracts.Reply, er
 		if code == 421 {
 			c.broken = true // the server is closing the connection
 		}
-		return r, &smtpError{Reply: *r, Stage: stage}
+		return r, &ReplyError{Stage: stage, Reply: *r}
 	}
 	return r, nil
 }
@@ -245,7 +246,7 @@ func splitEnhanced(msg string, code int) (string, string, bool) {
 func (c *smtpConn) hello(ctx context.Context, name string) error {
 	r, err := c.cmd(ctx, c.to.Command, 250, "ehlo", "EHLO %s", name)
 	if err != nil {
-		var se *smtpError
+		var se *ReplyError
 		if errors.As(err, &se) && (se.Reply.Code == 500 || se.Reply.Code == 502) && !c.broken {
 			if _, err := c.cmd(ctx, c.to.Command, 250, "helo", "HELO %s", name); err != nil {
 				return err
@@ -302,7 +303,7 @@ func (c *smtpConn) auth(ctx context.Context, user, pass string) error {
 		_, err := c.cmd(ctx, c.to.Command, 235, "auth", "%s", base64.StdEncoding.EncodeToString([]byte(pass)))
 		return err
 	}
-	return &smtpError{Stage: "auth", Reply: contracts.Reply{Text: fmt.Sprintf("no supported AUTH mechanism offered (server offers %q)", c.ext["AUTH"]), Host: c.host}}
+	return errNoAuthMechanism{host: c.host, offered: c.ext["AUTH"]}
 }
 
 // reset sends RSET before reusing a connection; failure means the cached
@@ -341,29 +342,28 @@ type envelope struct {
 // txResult is what a transaction did.
 type txResult struct {
 	rcpt   []*contracts.Reply // per recipient: its RCPT reply, replaced by the DATA outcome for accepted ones
+	stage  []string           // per recipient: the step its reply answered (mail, rcpt, data, dot)
 	final  *contracts.Reply   // reply to the final dot (nil when not reached)
 	sentOK bool               // the server accepted the message for at least one recipient
+	bytes  int64              // bytes of the message written (with dot-stuffing and the final dot)
 }
 
 // send runs MAIL, RCPT… and DATA, pipelined when the server offers
 // PIPELINING. An error means the connection failed; per-recipient SMTP
 // replies are in the result.
 func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
-	res := &txResult{rcpt: make([]*contracts.Reply, len(env.rcpts))}
+	res := &txResult{rcpt: make([]*contracts.Reply, len(env.rcpts)), stage: make([]string, len(env.rcpts))}
+	for i := range res.stage {
+		res.stage[i] = "rcpt"
+	}
 	if max, ok := c.ext["SIZE"]; ok && max != "" {
 		if n, err := strconv.ParseInt(max, 10, 64); err == nil && n > 0 && env.size > n {
-			r := &contracts.Reply{Code: 552, Enhanced: "5.3.4", Text: fmt.Sprintf("message size %d exceeds the next hop's limit of %d", env.size, n), Host: c.host}
-			for i := range res.rcpt {
-				res.rcpt[i] = r
-			}
+			c.fillAll(res, &contracts.Reply{Code: 552, Enhanced: "5.3.4", Text: fmt.Sprintf("message size %d exceeds the next hop's limit of %d", env.size, n), Host: c.host})
 			return res, nil
 		}
 	}
 	if env.params.SMTPUTF8 && !c.has("SMTPUTF8") {
-		r := &contracts.Reply{Code: 553, Enhanced: "5.6.7", Text: "next hop does not support SMTPUTF8, required by this message", Host: c.host}
-		for i := range res.rcpt {
-			res.rcpt[i] = r
-		}
+		c.fillAll(res, &contracts.Reply{Code: 553, Enhanced: "5.6.7", Text: "next hop does not support SMTPUTF8, required by this message", Host: c.host})
 		return res, nil
 	}
 	mail := c.mailCommand(env)
@@ -373,7 +373,7 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 	}
 
 	accepted := 0
-	var mailErr *smtpError
+	var mailErr *ReplyError
 	if c.has("PIPELINING") {
 		done := c.deadline(ctx, c.to.Mail+c.to.Rcpt+c.to.DataInit)
 		_ = c.writeLine("%s", mail)
@@ -395,7 +395,7 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 		for i := range rcpts {
 			r, err := c.readReplyLocked(250, "rcpt")
 			if err != nil {
-				var se *smtpError
+				var se *ReplyError
 				if !errors.As(err, &se) {
 					done()
 					return res, err
@@ -408,7 +408,7 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 		}
 		dr, err := c.readReplyLocked(354, "data")
 		done()
-		var se *smtpError
+		var se *ReplyError
 		if err != nil && !errors.As(err, &se) {
 			return res, err
 		}
@@ -423,7 +423,7 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 			return res, nil
 		}
 		if se != nil {
-			c.fillAccepted(res, &se.Reply)
+			c.fillAccepted(res, &se.Reply, "data")
 			c.resetQuietly(ctx)
 			return res, nil
 		}
@@ -438,7 +438,7 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 		for i, cmdLine := range rcpts {
 			r, err := c.cmd(ctx, c.to.Rcpt, 250, "rcpt", "%s", cmdLine)
 			if err != nil {
-				var se *smtpError
+				var se *ReplyError
 				if !errors.As(err, &se) {
 					return res, err
 				}
@@ -453,9 +453,9 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 			return res, nil
 		}
 		if r, err := c.cmd(ctx, c.to.DataInit, 354, "data", "DATA"); err != nil {
-			var se *smtpError
+			var se *ReplyError
 			if errors.As(err, &se) {
-				c.fillAccepted(res, r)
+				c.fillAccepted(res, r, "data")
 				c.resetQuietly(ctx)
 				return res, nil
 			}
@@ -464,29 +464,33 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 	}
 
 	// 354: send the body.
+	before := c.written
 	final, err := c.writeBody(ctx, env)
+	res.bytes = c.written - before
 	if err != nil {
 		return res, err
 	}
 	res.final = final
-	c.fillAccepted(res, final)
+	c.fillAccepted(res, final, "dot")
 	res.sentOK = final.Code/100 == 2
 	c.sent++
 	return res, nil
 }
 
-// fillAll sets every recipient's outcome (MAIL failed).
+// fillAll sets every recipient's outcome (MAIL failed, or the message
+// cannot go to this next hop at all).
 func (c *smtpConn) fillAll(res *txResult, r *contracts.Reply) {
 	for i := range res.rcpt {
-		res.rcpt[i] = r
+		res.rcpt[i], res.stage[i] = r, "mail"
 	}
 }
 
-// fillAccepted sets the outcome of every recipient the server had accepted.
-func (c *smtpConn) fillAccepted(res *txResult, r *contracts.Reply) {
+// fillAccepted sets the outcome of every recipient the server had
+// accepted, from the reply to a later step.
+func (c *smtpConn) fillAccepted(res *txResult, r *contracts.Reply, stage string) {
 	for i, rr := range res.rcpt {
 		if rr != nil && rr.Code/100 == 2 {
-			res.rcpt[i] = r
+			res.rcpt[i], res.stage[i] = r, stage
 		}
 	}
 }
@@ -499,7 +503,7 @@ func (c *smtpConn) abortData(ctx context.Context) error {
 	err := c.bw.Flush()
 	if err == nil {
 		_, err = c.readReplyLocked(250, "dot")
-		var se *smtpError
+		var se *ReplyError
 		if errors.As(err, &se) {
 			err = nil
 		}
@@ -528,7 +532,7 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 	body, err := env.body()
 	if err != nil {
 		c.close()
-		return nil, fmt.Errorf("%w: %v", errBodyRead, err)
+		return nil, fmt.Errorf("%w: %w", errBodyRead, err)
 	}
 	defer body.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
@@ -551,7 +555,7 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 		}
 		if rerr != nil {
 			c.close()
-			return nil, fmt.Errorf("%w: %v", errBodyRead, rerr)
+			return nil, fmt.Errorf("%w: %w", errBodyRead, rerr)
 		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.to.DataBlock))
@@ -565,15 +569,13 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 	}
 	_ = c.nc.SetDeadline(time.Now().Add(c.to.DataEnd))
 	r, err := c.readReplyLocked(250, "dot")
-	var se *smtpError
+	var se *ReplyError
 	if err != nil && !errors.As(err, &se) {
 		return nil, err
 	}
 	_ = c.nc.SetDeadline(time.Time{})
 	return r, nil
 }
-
-var errBodyRead = errors.New("reading the message body failed")
 
 // copyBufs are writeBody's read buffers: one per transaction in progress,
 // not a fresh one per message.

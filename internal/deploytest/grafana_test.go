@@ -25,6 +25,7 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_deliveries_total":              false,
 	"jetrelay_delivery_latency_seconds":      true,
 	"jetrelay_dead_letters_total":            false,
+	"jetrelay_delivery_bytes_total":          false,
 	"jetrelay_queue_ready":                   false,
 	"jetrelay_queue_in_flight":               false,
 	"jetrelay_queue_scheduled_retries":       false,

@@ -1,0 +1,227 @@
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// smtpTransport delivers over SMTP: a cached connection to the
+// destination first, else its hosts in order (MX preference, or a route's
+// failover list), with the destination's TLS policy and credentials, one
+// transaction for all the recipients. It moves on to the next host only
+// while the message cannot have been sent yet, so a message is never sent
+// twice within an attempt.
+type smtpTransport struct {
+	hostname string // EHLO name
+	router   *Router
+	pool     *pool
+	dialer   *net.Dialer
+	timeouts Timeouts
+	rootCAs  *x509.CertPool
+	tlsOut   *prometheus.CounterVec
+	log      zerolog.Logger
+}
+
+var _ Transport = (*smtpTransport)(nil)
+
+func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
+	rep := &Report{Results: make([]Result, len(req.Rcpts)), Start: time.Now()}
+	defer func() { rep.Duration = time.Since(rep.Start) }()
+	dest := req.Dest
+	if why, dead := t.pool.isDead(dest.Key); dead {
+		rep.fill(Result{Err: errBackedOff{why}, Stage: "connect"})
+		return rep
+	}
+	release, err := t.pool.acquire(ctx, dest.Key)
+	if err != nil {
+		rep.fill(Result{Err: err, Stage: "connect"})
+		return rep
+	}
+	defer release()
+	log := t.log.With().Str("msg_id", req.Job.QueueID).Str("domain", dest.Domain).Logger()
+	env := &envelope{from: req.Job.From, params: req.Job.Params, rcpts: req.Rcpts, size: req.Job.Body.Size, body: req.Body}
+
+	// A cached connection first.
+	if c := t.pool.get(dest.Key); c != nil {
+		// A connection used a moment ago is alive; one that idled is
+		// checked with RSET first (the server may have timed it out).
+		fresh := time.Since(c.lastUse) < time.Second
+		if fresh || c.reset(ctx) == nil {
+			if t.transact(ctx, c, dest, env, rep, true) {
+				return rep
+			}
+		} else {
+			c.close()
+		}
+	}
+
+	hops, err := t.router.hops(ctx, dest)
+	if err != nil {
+		rep.fill(Result{Err: err, Stage: "route"})
+		return rep
+	}
+	last := Result{Err: errors.New("no host could be reached"), Stage: "connect"}
+	for _, h := range hops {
+		rep.Tried = append(rep.Tried, h.name+" ["+h.addr+"]")
+		c, err := t.connect(ctx, dest, h, log)
+		if c == nil {
+			rep.Host, rep.IP = h.name, h.addr
+			last = Result{Err: err, Stage: "connect"}
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if t.transact(ctx, c, dest, env, rep, false) {
+			return rep
+		}
+		last = rep.Results[0]
+	}
+	// Every host failed before a transaction got anywhere: the whole
+	// destination is unreachable for now.
+	rep.fill(last)
+	t.pool.markDead(dest.Key, classify(last, rep.Host).Reply.String())
+	return rep
+}
+
+// transact sends the envelope on c. It reports true when the outcome is
+// final for this attempt (recipients decided, or the body was sent so
+// that trying another host could duplicate the message), false when the
+// connection failed early and the next host should be tried. On a reused
+// connection a 421 to everything means the server had closed it: that is
+// not a verdict either.
+func (t *smtpTransport) transact(ctx context.Context, c *smtpConn, dest *Destination, env *envelope, rep *Report, reused bool) bool {
+	rep.Host, rep.IP, rep.TLS = c.host, c.addr, c.tlsDesc
+	rep.ReportsSuccess = c.has("DSN")
+	tx, err := c.send(ctx, env)
+	if tx != nil {
+		rep.Bytes = tx.bytes
+	}
+	if err != nil {
+		c.close()
+		switch {
+		case errors.Is(err, errBodyRead):
+			rep.fill(Result{Err: err, Stage: "body"})
+			return true
+		case tx != nil && tx.final == nil && anyAccepted(tx):
+			// The message was (maybe) being sent: no second host, retry later.
+			rep.fill(Result{Err: err, Stage: "data"})
+			return true
+		}
+		rep.fill(Result{Err: err, Stage: "connect"})
+		return false
+	}
+	if reused && tx.final == nil && allCode(tx.rcpt, 421) {
+		c.close()
+		return false
+	}
+	for i, r := range tx.rcpt {
+		rep.Results[i] = Result{Reply: r, Stage: tx.stage[i]}
+		if r != nil && r.Code == 421 {
+			t.pool.markDead(dest.Key, r.String())
+		}
+	}
+	if !c.broken {
+		t.pool.markAlive(dest.Key)
+	}
+	t.pool.put(dest.Key, c)
+	return true
+}
+
+func allCode(rs []*contracts.Reply, code int) bool {
+	for _, r := range rs {
+		if r == nil || r.Code != code {
+			return false
+		}
+	}
+	return len(rs) > 0
+}
+
+func anyAccepted(tx *txResult) bool {
+	for _, r := range tx.rcpt {
+		if r != nil && r.Code/100 == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// connect dials one hop, reads the greeting, says EHLO, applies the TLS
+// policy and authenticates.
+func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, log zerolog.Logger) (*smtpConn, error) {
+	tlsCfg := t.tlsConfig(dest, h.name)
+	c, err := dialSMTP(ctx, t.dialer, h.name, h.addr, dest.TLS == TLSImplicit, tlsCfg, t.timeouts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.hello(ctx, t.hostname); err != nil {
+		c.close()
+		return nil, err
+	}
+	switch dest.TLS {
+	case TLSRequired:
+		if !c.has("STARTTLS") {
+			c.quit()
+			return nil, &tlsError{host: h.name}
+		}
+		if err := t.upgrade(ctx, c, tlsCfg); err != nil {
+			c.close()
+			return nil, &tlsError{host: h.name, offered: true, err: err}
+		}
+	case TLSOpportunistic:
+		if c.has("STARTTLS") {
+			if err := t.upgrade(ctx, c, tlsCfg); err != nil {
+				// Opportunistic: TLS did not work, so talk in plaintext.
+				c.close()
+				log.Info().Str("host", h.name).Err(err).Msg("STARTTLS failed, reconnecting without TLS (opportunistic policy)")
+				c, err = dialSMTP(ctx, t.dialer, h.name, h.addr, false, nil, t.timeouts)
+				if err != nil {
+					return nil, err
+				}
+				if err := c.hello(ctx, t.hostname); err != nil {
+					c.close()
+					return nil, err
+				}
+			}
+		}
+	}
+	if c.tlsDesc != "" && t.tlsOut != nil {
+		t.tlsOut.WithLabelValues("out", strings.Fields(c.tlsDesc)[0]).Inc()
+	}
+	if dest.Username != "" {
+		if c.tlsDesc == "" && !dest.AllowPlainAuth {
+			c.quit()
+			return nil, errPlainAuth{host: h.name}
+		}
+		if err := c.auth(ctx, dest.Username, dest.Password); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (t *smtpTransport) upgrade(ctx context.Context, c *smtpConn, cfg *tls.Config) error {
+	if err := c.startTLS(ctx, cfg); err != nil {
+		return err
+	}
+	return c.hello(ctx, t.hostname)
+}
+
+func (t *smtpTransport) tlsConfig(dest *Destination, serverName string) *tls.Config {
+	return &tls.Config{
+		ServerName:         serverName,
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: !dest.Verify, //nolint:gosec // opportunistic MX TLS or an explicit tls_skip_verify
+		RootCAs:            t.rootCAs,
+	}
+}
