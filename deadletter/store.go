@@ -1,92 +1,22 @@
 package deadletter
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/internal/filter"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 )
 
-// Filter selects dead letters. Empty fields match everything.
-type Filter struct {
-	// IDs are dead-letter IDs or queue IDs (a queue ID matches every dead
-	// letter of that message).
-	IDs            []string
-	Domain         string // a recipient's domain, exactly (case-insensitive)
-	From           string // substring of the envelope sender (case-insensitive)
-	Rcpt           string // substring of a recipient (case-insensitive)
-	ReasonContains string // substring of the reason or its detail (case-insensitive)
-	Since, Until   time.Time
-	OlderThan      time.Duration // dead for longer than this
-}
-
-// Match reports whether a dead letter passes the filter at time now.
-func (f Filter) Match(d *contracts.DeadLetter, now time.Time) bool {
-	if len(f.IDs) > 0 {
-		ok := false
-		for _, id := range f.IDs {
-			if id == d.ID || id == d.Job.QueueID || id == d.Job.JobID() {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	if f.Domain != "" && !anyRcpt(d.Job.Rcpts, func(r contracts.Recipient) bool { return strings.EqualFold(r.Domain(), f.Domain) }) {
-		return false
-	}
-	if f.From != "" && !containsFold(d.Job.From, f.From) {
-		return false
-	}
-	if f.Rcpt != "" && !anyRcpt(d.Job.Rcpts, func(r contracts.Recipient) bool { return containsFold(r.Addr, f.Rcpt) }) {
-		return false
-	}
-	if f.ReasonContains != "" && !containsFold(d.Reason+" "+d.Detail+" "+d.LastReply.String(), f.ReasonContains) {
-		return false
-	}
-	if !f.Since.IsZero() && d.DeadAt.Before(f.Since) {
-		return false
-	}
-	if !f.Until.IsZero() && !d.DeadAt.Before(f.Until) {
-		return false
-	}
-	if f.OlderThan > 0 && now.Sub(d.DeadAt) < f.OlderThan {
-		return false
-	}
-	return true
-}
-
-func anyRcpt(rs []contracts.Recipient, f func(contracts.Recipient) bool) bool {
-	for _, r := range rs {
-		if f(r) {
-			return true
-		}
-	}
-	return false
-}
-
-func containsFold(s, sub string) bool {
-	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
-}
-
 // Entry is one stored dead letter.
-type Entry struct {
-	Seq    uint64
-	Stored time.Time
-	DL     *contracts.DeadLetter
-	Inline []byte
-}
+type Entry = broker.StoredDeadLetter
 
-// Store reads and changes the dead-letter stream.
+// Store reads the dead letters and changes them through the broker.
 type Store struct {
 	b   *broker.Client
 	now func() time.Time
@@ -97,190 +27,162 @@ func NewStore(b *broker.Client) *Store { return &Store{b: b, now: time.Now} }
 
 // List calls fn for the dead letters that match f, in the order they were
 // written, starting after stream sequence `after`, at most limit of them
-// (0: no limit). It returns the sequence to pass as `after` for the next
-// page (0 when there is none). Records that do not decode are reported
-// with an error by fn's caller: List skips them.
-func (s *Store) List(ctx context.Context, f Filter, after uint64, limit int, fn func(*Entry) bool) (next uint64, err error) {
+// (0: no limit). It returns the cursor to pass as `after` for the next
+// page (0 when there is none). A filter of queue IDs only is answered by
+// looking the messages up, without reading the other dead letters.
+// Records that do not decode are skipped.
+func (s *Store) List(ctx context.Context, f filter.Filter, after uint64, limit int, fn func(*Entry) bool) (next uint64, err error) {
 	n := 0
 	now := s.now()
-	err = s.b.ScanDeadLetters(ctx, after+1, func(sd *broker.StoredDeadLetter) bool {
-		if sd.Err != nil || !f.Match(sd.DL, now) {
+	last := after
+	visit := func(e *Entry) bool {
+		if e.Err != nil || !f.MatchDeadLetter(e.DL, now) {
 			return true
 		}
 		if limit > 0 && n == limit {
-			next = after // there is more after the last one returned
+			next = last // there is more after the last one returned
 			return false
 		}
 		n++
-		after = sd.Seq
-		return fn(&Entry{Seq: sd.Seq, Stored: sd.Stored, DL: sd.DL, Inline: sd.Inline})
-	})
+		last = e.Seq
+		return fn(e)
+	}
+	if qids, ok := f.QueueIDs(); ok && after == 0 {
+		for _, q := range qids {
+			if err := s.b.MessageDeadLetters(ctx, q, visit); err != nil || next != 0 {
+				return next, err
+			}
+		}
+		if n > 0 {
+			return 0, nil
+		}
+		// Nothing under those queue IDs: dead letters written before
+		// subjects carried the queue ID are found by reading them all.
+	}
+	err = s.b.ScanDeadLetters(ctx, after+1, visit)
 	return next, err
 }
 
-// ErrNotFound: no dead letter has that ID.
-var ErrNotFound = errors.New("no such dead letter")
-
-// Get finds one dead letter by its ID, or the only one of a queue ID.
-func (s *Store) Get(ctx context.Context, id string) (*Entry, error) {
+// Find returns the dead letters ids name: exactly the records named, or,
+// for an ID that names no stored record (a job ID from an earlier
+// attempt, say), every dead letter of its message.
+func (s *Store) Find(ctx context.Context, ids []string) ([]*Entry, error) {
 	var found []*Entry
-	_, err := s.List(ctx, Filter{IDs: []string{id}}, 0, 0, func(e *Entry) bool {
-		found = append(found, e)
-		return true
-	})
-	if err != nil {
+	collect := func(e *Entry) bool { found = append(found, e); return true }
+	f := filter.Filter{IDs: ids}
+	if _, err := s.List(ctx, f, 0, 0, collect); err != nil {
 		return nil, err
 	}
-	switch len(found) {
-	case 0:
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	case 1:
-		return found[0], nil
+	if wide, changed := f.Widen(); len(found) == 0 && changed {
+		if _, err := s.List(ctx, wide, 0, 0, collect); err != nil {
+			return nil, err
+		}
 	}
-	ids := make([]string, len(found))
-	for i, e := range found {
-		ids[i] = e.DL.ID
-	}
-	return nil, fmt.Errorf("%s matches %d dead letters (%s): name one", id, len(found), strings.Join(ids, ", "))
+	return found, nil
 }
 
 // Body opens a dead letter's message.
 func (s *Store) Body(ctx context.Context, e *Entry) (io.ReadCloser, error) {
-	if e.DL.Job.Body.Inline() {
-		return io.NopCloser(bytes.NewReader(e.Inline)), nil
-	}
-	return s.b.OpenBody(ctx, e.DL.Job.Body.Object)
+	return s.b.OpenJobBody(ctx, &e.DL.Job, e.Inline)
 }
 
 // ReplayOptions tune a replay.
 type ReplayOptions struct {
-	// Route sends the replayed job to this next hop "host:port" instead of
-	// its normal route.
+	// Route sends the replayed jobs to this next hop "host:port" instead
+	// of their usual route.
 	Route string
+	// Rate is the most dead letters replayed per second (0: no limit).
+	Rate float64
+	// DryRun reports what would be replayed and changes nothing.
+	DryRun bool
 }
 
-// Replay turns a dead letter back into a job: the recipients that failed,
-// a fresh attempt count and queue lifetime, a link to the dead letter
-// (Job.ReplayOf) and the replay count. The dead letter is removed only
-// after the broker acknowledged the new job; a replay interrupted after
-// that point and run again finds its record and only finishes the
-// removal, so the message is never queued twice. It returns the new job,
-// and already=true when an earlier run had published it.
-func (s *Store) Replay(ctx context.Context, e *Entry, o ReplayOptions) (job *contracts.Job, already bool, err error) {
-	d := e.DL
-	if len(d.Job.Rcpts) == 0 || d.Reason == contracts.ReasonMalformed {
-		return nil, false, fmt.Errorf("dead letter %s (%s) has no recipients to replay", d.ID, d.Reason)
+// ReplayResult is the outcome for one dead letter.
+type ReplayResult struct {
+	Entry *Entry
+	// Job is the job it was replayed as (nil on failure or a dry run).
+	Job *contracts.Job
+	// Already: an earlier, interrupted run had queued it; this one only
+	// removed the dead letter.
+	Already bool
+	Err     error
+}
+
+// Replay replays the dead letters f selects, one at a time in the order
+// they were written, calling report after each. A failure of one does not
+// stop the others; it returns how many were replayed and how many failed,
+// and an error only when the dead letters could not be read (or ctx
+// ended).
+func (s *Store) Replay(ctx context.Context, f filter.Filter, o ReplayOptions, report func(ReplayResult)) (replayed, failed int, err error) {
+	var lim *rate.Limiter
+	if o.Rate > 0 {
+		lim = rate.NewLimiter(rate.Limit(o.Rate), 1)
 	}
-	nj := replayJob(d, s.now(), o)
-	if prev, done, err := s.b.ReplayedAs(ctx, d.ID); err != nil {
-		return nil, false, err
-	} else if done {
-		already = true
-		nj.Part = strings.TrimPrefix(prev, nj.QueueID+"-")
-	} else {
-		if !nj.Body.Inline() {
-			if _, _, err := s.b.UpdateBodyRefs(ctx, nj.Body.Object, nil, []string{nj.JobID()}); err != nil {
-				return nil, false, err
+	var stop error
+	_, err = s.List(ctx, f, 0, 0, func(e *Entry) bool {
+		if o.DryRun {
+			replayed++
+			report(ReplayResult{Entry: e})
+			return true
+		}
+		if lim != nil {
+			if stop = lim.Wait(ctx); stop != nil {
+				return false
 			}
 		}
-		if err := s.b.PublishJob(ctx, nj, e.Inline); err != nil {
-			return nil, false, err
-		}
-		if err := s.b.MarkReplayed(ctx, d.ID, nj.JobID()); err != nil {
-			return nil, false, err
-		}
-	}
-	if err := s.remove(ctx, e); err != nil {
-		return nj, already, err
-	}
-	return nj, already, nil
-}
-
-// replayJob builds the job a dead letter is replayed as.
-func replayJob(d *contracts.DeadLetter, now time.Time, o ReplayOptions) *contracts.Job {
-	nj := d.Job
-	nj.Version = 0
-	nj.ReplayCount = d.Job.ReplayCount + 1
-	nj.ReplayOf = d.ID
-	nj.Part = d.Job.Part + "r" + strconv.Itoa(nj.ReplayCount)
-	nj.Attempt = 1
-	nj.FirstSeen = now.UTC()
-	nj.LastError = nil
-	nj.DelayNotified = false
-	nj.Route = o.Route
-	nj.History = append([]contracts.AttemptRecord(nil), d.Job.History...)
-	nj.Rcpts = make([]contracts.Recipient, len(d.Job.Rcpts))
-	for i, r := range d.Job.Rcpts {
-		r.LastReply = nil
-		nj.Rcpts[i] = r
-	}
-	return &nj
-}
-
-// Purge deletes a dead letter for good, and its body when nothing else
-// needs it.
-func (s *Store) Purge(ctx context.Context, e *Entry) error { return s.remove(ctx, e) }
-
-func (s *Store) remove(ctx context.Context, e *Entry) error {
-	if err := s.b.DeleteDeadLetterMsg(ctx, e.Seq); err != nil {
-		return err
-	}
-	if e.DL.Job.Body.Inline() {
-		return nil
-	}
-	left, _, err := s.b.UpdateBodyRefs(ctx, e.DL.Job.Body.Object, []string{Holder(e.DL.ID)}, nil)
-	if err != nil {
-		return err
-	}
-	if left == 0 {
-		return s.b.ReleaseBody(ctx, e.DL.Job.Body.Object)
-	}
-	return nil
-}
-
-// Sweep releases the bodies of dead letters that expired (MaxAge of the
-// stream removes records without telling anyone): every holder "dl:<id>"
-// whose record is gone is dropped, and a body nobody holds any more is
-// deleted. Safe to run from several processes at once. It returns how many
-// bodies it deleted.
-func (s *Store) Sweep(ctx context.Context) (int, error) {
-	objs, err := s.b.BodyObjects(ctx)
-	if err != nil {
-		return 0, err
-	}
-	released := 0
-	for _, obj := range objs {
-		holders, err := s.b.BodyHolders(ctx, obj)
+		job, already, err := s.b.Replay(ctx, e, o.Route)
 		if err != nil {
-			return released, err
+			failed++
+		} else {
+			replayed++
 		}
-		var gone []string
-		for _, h := range holders {
-			id, ok := strings.CutPrefix(h, holderPrefix)
-			if !ok {
-				continue
-			}
-			exists, err := s.b.DeadLetterExists(ctx, id)
-			if err != nil {
-				return released, err
-			}
-			if !exists {
-				gone = append(gone, h)
-			}
+		report(ReplayResult{Entry: e, Job: job, Already: already, Err: err})
+		return true
+	})
+	if err == nil {
+		err = stop
+	}
+	return replayed, failed, err
+}
+
+// Purge deletes the dead letters f selects for good, with their bodies
+// when nothing else holds them, calling report after each. It stops at
+// the first failure.
+func (s *Store) Purge(ctx context.Context, f filter.Filter, report func(*Entry)) (int, error) {
+	n := 0
+	var perr error
+	_, err := s.List(ctx, f, 0, 0, func(e *Entry) bool {
+		if perr = s.b.RemoveDeadLetter(ctx, e); perr != nil {
+			perr = fmt.Errorf("%s: %w", e.ID(), perr)
+			return false
 		}
-		if len(gone) == 0 && len(holders) > 0 {
-			continue
-		}
-		left, _, err := s.b.UpdateBodyRefs(ctx, obj, gone, nil)
-		if err != nil {
-			return released, err
-		}
-		if left == 0 {
-			if err := s.b.ReleaseBody(ctx, obj); err != nil {
-				return released, err
+		n++
+		report(e)
+		return true
+	})
+	if err == nil {
+		err = perr
+	}
+	return n, err
+}
+
+// Sweep releases, every interval until ctx ends, the bodies of dead
+// letters that the stream's retention removed. Several processes may
+// sweep at once.
+func (s *Store) Sweep(ctx context.Context, every time.Duration, log zerolog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := s.b.ReleaseExpiredBodies(ctx)
+			if err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("dead-letter body sweep failed; will retry")
+			} else if n > 0 {
+				log.Info().Int("bodies", n).Msg("released the bodies of expired dead letters")
 			}
-			released++
 		}
 	}
-	return released, nil
 }

@@ -26,16 +26,13 @@ type Queue interface {
 	Connected() bool
 	// InlineLimit is the largest body that may travel inside the job.
 	InlineLimit() int
-	// PublishJob stores a job; inline is its body in parts (none when
-	// the body is in the bucket).
-	PublishJob(ctx context.Context, j *contracts.Job, inline ...[]byte) error
+	// PutBody stores a body too large to travel inline; a failed put
+	// leaves nothing behind.
 	PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error)
-	CreateBodyRefs(ctx context.Context, name string, holders ...string) error
-	ReleaseBody(ctx context.Context, name string) error
-	// RetractJob removes a job whose publish failed in a way that may
-	// still have stored it (a lost acknowledgement), so that a message
-	// answered with 451 is not delivered as well. Best effort.
-	RetractJob(ctx context.Context, j *contracts.Job) error
+	// Enqueue stores a job (its body inline in parts, or the object put
+	// before); a failed Enqueue leaves nothing that could be delivered,
+	// as far as the broker can tell.
+	Enqueue(ctx context.Context, j *contracts.Job, inline ...[]byte) error
 }
 
 // Options configure the ingress (see config.Ingress for their meaning).
@@ -88,24 +85,7 @@ type Server struct {
 
 // New builds the server.
 func New(opts Options, q Queue, log zerolog.Logger) *Server {
-	if opts.MaxConnections <= 0 {
-		opts.MaxConnections = 1000
-	}
-	if opts.MaxConnectionsPerIP <= 0 {
-		opts.MaxConnectionsPerIP = opts.MaxConnections
-	}
-	if opts.MaxErrors <= 0 {
-		opts.MaxErrors = 20
-	}
-	if opts.MaxReceivedHeaders <= 0 {
-		opts.MaxReceivedHeaders = 50
-	}
-	if opts.AuthFailureLimit <= 0 {
-		opts.AuthFailureLimit = 5
-	}
-	if opts.ShutdownGrace <= 0 {
-		opts.ShutdownGrace = 30 * time.Second
-	}
+	opts.fill()
 	s := &Server{
 		opts:        opts,
 		q:           q,
@@ -324,8 +304,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if int64(buf.Len()) <= limit {
 		// The whole message is in memory: it travels inside the job,
 		// framed straight from the header prefix and the read buffer.
-		if err := s.q.PublishJob(ctx, job, prefix, buf.Bytes()); err != nil {
-			s.retract(ss, job)
+		if err := s.q.Enqueue(ctx, job, prefix, buf.Bytes()); err != nil {
 			return nil, 0, err
 		}
 		return job, int64(len(prefix) + buf.Len()), nil
@@ -333,46 +312,20 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 
 	// Too large to travel inline: stream into the body bucket while
 	// reading the rest from the client.
-	name := ss.qid
-	size, digest, err := s.q.PutBody(ctx, name, io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(buf.Bytes()), body))
+	size, digest, err := s.q.PutBody(ctx, ss.qid, io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(buf.Bytes()), body))
 	if body.err != nil && body.err != io.EOF {
 		// The client side failed (size limit, bare LF, timeout): that is
 		// the reason, not the aborted upload.
-		_ = s.q.ReleaseBody(ctx, name)
 		return nil, 0, body.err
 	}
 	if err != nil {
-		_ = s.q.ReleaseBody(ctx, name)
 		return nil, 0, err
 	}
-	job.Body = contracts.Body{Object: name, Size: size, SHA256: digest}
-	if err := s.q.CreateBodyRefs(ctx, name, job.JobID()); err != nil {
-		_ = s.q.ReleaseBody(ctx, name)
-		return nil, 0, err
-	}
-	if err := s.q.PublishJob(ctx, job); err != nil {
-		if s.retract(ss, job) {
-			_ = s.q.ReleaseBody(ctx, name)
-		}
-		// Otherwise the job may still exist (its acknowledgement was lost
-		// and the broker could not be asked): the body stays for it, and
-		// the bucket TTL is the backstop.
+	job.Body = contracts.Body{Object: ss.qid, Size: size, SHA256: digest}
+	if err := s.q.Enqueue(ctx, job); err != nil {
 		return nil, 0, err
 	}
 	return job, size, nil
-}
-
-// retract tries, briefly, to remove a job whose publish failed, and
-// reports whether the broker confirmed that it is not in the queue.
-func (s *Server) retract(ss *session, j *contracts.Job) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := s.q.RetractJob(ctx, j); err != nil {
-		ss.log.Warn().Err(err).Str("msg_id", j.QueueID).
-			Msg("could not confirm that the failed publish left nothing behind; the message may be delivered although the client got 451")
-		return false
-	}
-	return true
 }
 
 // zerologPrinter adapts go-smtp's ErrorLog to zerolog.

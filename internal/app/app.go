@@ -173,22 +173,7 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 // sweep releases, every deadletter.sweep_interval, the bodies of dead
 // letters that the stream's retention removed.
 func (a *App) sweep(ctx context.Context) {
-	st := deadletter.NewStore(a.bc)
-	t := time.NewTicker(a.cfg.DeadLetter.SweepInterval.D())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			n, err := st.Sweep(ctx)
-			if err != nil && ctx.Err() == nil {
-				a.log.Warn().Err(err).Msg("dead-letter body sweep failed; will retry")
-			} else if n > 0 {
-				a.log.Info().Int("bodies", n).Msg("released the bodies of expired dead letters")
-			}
-		}
-	}
+	deadletter.NewStore(a.bc).Sweep(ctx, a.cfg.DeadLetter.SweepInterval.D(), a.log)
 }
 
 // Errors reports a stage that failed on its own.

@@ -101,7 +101,7 @@ func BrokerSettings(cfg *config.Config) broker.Settings {
 	return broker.Settings{
 		Replicas:            cfg.Broker.Replicas,
 		QueueShards:         cfg.Broker.QueueShards,
-		DedupeWindow:        cfg.Broker.DedupeWindow.D(),
+		DedupeWindow:        cfg.DedupeWindow(),
 		AckWait:             cfg.Broker.AckWait.D(),
 		QueueMaxAge:         cfg.Delivery.Retry.MaxAge.D() + cfg.DeadLetter.Retention.D() + 24*time.Hour,
 		DeadLetterRetention: cfg.DeadLetter.Retention.D(),
@@ -163,39 +163,11 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 
 // NewWorker builds a delivery worker from the configuration.
 func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg prometheus.Registerer, o Options) (*delivery.Worker, error) {
+	ro, err := RouterOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	dc := cfg.Delivery
-	shPass := dc.SmarthostPassword
-	if dc.SmarthostPasswordFile != "" {
-		p, err := ReadSecret(dc.SmarthostPasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("delivery.smarthost_password_file: %w", err)
-		}
-		shPass = p
-	}
-	routePw := map[string]string{}
-	for dom, r := range dc.Routes {
-		if r.PasswordFile != "" {
-			p, err := ReadSecret(r.PasswordFile)
-			if err != nil {
-				return nil, fmt.Errorf("delivery.routes.%s.password_file: %w", dom, err)
-			}
-			routePw[dom] = p
-		}
-	}
-	router := delivery.NewRouter(delivery.RouterOptions{
-		Port:                dc.Port,
-		Smarthost:           dc.Smarthost,
-		SmarthostTLS:        dc.SmarthostTLS,
-		SmarthostSkipVerify: dc.SmarthostTLSSkipVerify,
-		SmarthostUser:       dc.SmarthostUsername,
-		SmarthostPassword:   shPass,
-		SmarthostAllowPlain: dc.SmarthostAllowPlainAuth,
-		MXTLS:               dc.MXTLS,
-		Routes:              dc.Routes,
-		RoutePasswords:      routePw,
-		DNSServer:           dc.DNSServer,
-		MaxMXHosts:          dc.MaxMXHosts,
-	})
 	sched := make([]time.Duration, len(dc.Retry.Schedule))
 	for i, d := range dc.Retry.Schedule {
 		sched[i] = d.D()
@@ -205,7 +177,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		to = delivery.DefaultTimeouts()
 		to.Connect = dc.ConnectTimeout.D()
 	}
-	return delivery.New(bc, router, delivery.Options{
+	return delivery.New(bc, delivery.NewRouter(ro), delivery.Options{
 		Hostname:                 cfg.Hostname,
 		Concurrency:              dc.Concurrency,
 		Schedule:                 sched,
@@ -217,11 +189,49 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		MaxMessagesPerConnection: dc.MaxMessagesPerConnection,
 		IdleTimeout:              dc.IdleTimeout.D(),
 		DestinationBackoff:       dc.DestinationBackoff.D(),
-		AckWait:                  cfg.Broker.AckWait.D(),
 		ShutdownGrace:            dc.ShutdownGrace.D(),
 		RootCAs:                  o.RootCAs,
 		Registerer:               reg,
 	}, log), nil
+}
+
+// RouterOptions maps the configuration's smart host, routes and MX
+// settings into delivery's, reading the password files.
+func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
+	dc := cfg.Delivery
+	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{}}
+	var err error
+	if ro.MXTLS, err = delivery.ParseTLSPolicy(dc.MXTLS); err != nil {
+		return ro, fmt.Errorf("delivery.mx_tls: %w", err)
+	}
+	shPass := dc.SmarthostPassword
+	if dc.SmarthostPasswordFile != "" {
+		if shPass, err = ReadSecret(dc.SmarthostPasswordFile); err != nil {
+			return ro, fmt.Errorf("delivery.smarthost_password_file: %w", err)
+		}
+	}
+	ro.Smarthost = delivery.Route{Hosts: dc.Smarthost, TLSSkipVerify: dc.SmarthostTLSSkipVerify,
+		Username: dc.SmarthostUsername, Password: shPass, AllowPlainAuth: dc.SmarthostAllowPlainAuth}
+	if ro.Smarthost.TLS, err = delivery.ParseTLSPolicy(dc.SmarthostTLS); err != nil {
+		return ro, fmt.Errorf("delivery.smarthost_tls: %w", err)
+	}
+	for dom, r := range dc.Routes {
+		rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, Password: r.Password, AllowPlainAuth: r.AllowPlainAuth}
+		if r.Host != "" {
+			rt.Hosts = append(rt.Hosts, r.Host)
+		}
+		rt.Hosts = append(rt.Hosts, r.Hosts...)
+		if r.PasswordFile != "" {
+			if rt.Password, err = ReadSecret(r.PasswordFile); err != nil {
+				return ro, fmt.Errorf("delivery.routes.%s.password_file: %w", dom, err)
+			}
+		}
+		if rt.TLS, err = delivery.ParseTLSPolicy(r.TLS); err != nil {
+			return ro, fmt.Errorf("delivery.routes.%s.tls: %w", dom, err)
+		}
+		ro.Routes[dom] = rt
+	}
+	return ro, nil
 }
 
 // ReadSecret reads a password or token kept in a file, without the

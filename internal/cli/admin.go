@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/jetrelay/jetrelay/contracts"
 	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/internal/filter"
 	"github.com/jetrelay/jetrelay/internal/logging"
 	"github.com/spf13/cobra"
 )
@@ -41,6 +43,41 @@ func (g *globals) adminConn(ctx context.Context) (*broker.Client, *config.Config
 		return nil, nil, err
 	}
 	return bc, cfg, nil
+}
+
+// lister is what the body of a list command works with.
+type lister struct {
+	ctx context.Context
+	bc  *broker.Client
+	f   filter.Filter
+	out *output
+	now time.Time
+}
+
+// runList is what every list command does: connect, build the filter,
+// stream the matching records into a table or JSON Lines, then the
+// command's trailer (summary, count) and the cursor of the next page.
+func runList(cmd *cobra.Command, g *globals, lf *listFlags, ff *filterFlags, noun string, ids []string, headers string,
+	list func(lister) (next uint64, err error), trailer func(lister)) error {
+	ctx := cmd.Context()
+	bc, _, err := g.adminConn(ctx)
+	if err != nil {
+		return err
+	}
+	defer bc.Close()
+	f, err := ff.filter(ids)
+	if err != nil {
+		return err
+	}
+	l := lister{ctx: ctx, bc: bc, f: f, out: newOutput(g.stdout, lf.json, headers), now: time.Now()}
+	next, err := list(l)
+	if err != nil {
+		return err
+	}
+	l.out.flush()
+	trailer(l)
+	l.out.more(next, noun)
+	return nil
 }
 
 // listFlags are the paging and output flags of every list command.
@@ -164,6 +201,8 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+var errNoSelection = errors.New("name entries, give a filter, or use --all")
 
 // parseSince accepts an RFC 3339 time, a date, or a duration ago ("2h").
 func parseSince(s string, now time.Time) (time.Time, error) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -51,6 +52,9 @@ with passwords and tokens redacted. It exits 1 when there is a problem.`,
 			}
 			for _, w := range src.Warnings {
 				fmt.Fprintf(g.stdout, "# warning: %s\n", w)
+			}
+			if cfg.Broker.DedupeWindow == 0 {
+				fmt.Fprintf(g.stdout, "# broker.dedupe_window 0s: derived, %s in effect (the longer of 1h and the longest retry wait)\n", config.Duration(cfg.DedupeWindow()))
 			}
 			fmt.Fprint(g.stdout, string(out))
 			if len(problems) > 0 {

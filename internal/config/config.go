@@ -10,6 +10,10 @@ package config
 
 import (
 	"time"
+
+	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/delivery"
+	"github.com/jetrelay/jetrelay/ingress"
 )
 
 // Config is the whole configuration. The YAML key names are part of the
@@ -72,12 +76,16 @@ type Broker struct {
 	// PublishTimeout bounds the wait for the broker's acknowledgement; past
 	// it the client gets 451 4.3.0.
 	PublishTimeout Duration `yaml:"publish_timeout"`
-	// DedupeWindow is the stream's duplicate window for Nats-Msg-Id. It costs
-	// memory in proportion to the message rate.
+	// DedupeWindow is the streams' duplicate window for Nats-Msg-Id: 0
+	// derives it (Config.DedupeWindow); a value must be at least 1h and at
+	// least the longest retry wait. It costs memory in proportion to the
+	// message rate.
 	DedupeWindow Duration `yaml:"dedupe_window"`
 	// AckWait is how long a job may go without a sign of life before the
-	// broker gives it to another worker. Workers send progress every
-	// AckWait/4 during long deliveries.
+	// broker gives it to another worker: after a crash, jobs that were in
+	// flight are delivered again this long after the broker is back.
+	// Workers send progress every AckWait/4, so a long delivery keeps its
+	// job however long it takes.
 	AckWait Duration `yaml:"ack_wait"`
 	// ServerName names the embedded server (unique per node in a cluster;
 	// default "jetrelay-" + host name).
@@ -251,62 +259,95 @@ type Log struct {
 
 // Default returns the configuration used when nothing else is given: a
 // relay for loopback clients on 127.0.0.1:2525 with its data under ./data.
+// The defaults of the stages' settings are read from the stages
+// (broker.DefaultSettings, ingress.DefaultOptions, delivery.DefaultOptions,
+// delivery.DefaultRouterOptions): each has one definition, in the package
+// that uses it.
 func Default() *Config {
-	t := true
+	b := broker.DefaultSettings()
+	in := ingress.DefaultOptions()
+	d := delivery.DefaultOptions()
+	r := delivery.DefaultRouterOptions()
+	nets := make(StringList, len(in.RelayNetworks))
+	for i, p := range in.RelayNetworks {
+		nets[i] = p.String()
+	}
+	schedule := make([]Duration, len(d.Schedule))
+	for i, w := range d.Schedule {
+		schedule[i] = Duration(w)
+	}
+	t := in.AddMissingHeaders
 	return &Config{
 		Hostname: defaultHostname(),
 		DataDir:  defaultDataDir(),
 		Broker: Broker{
-			Replicas:       1,
-			QueueShards:    4,
+			Replicas:       b.Replicas,
+			QueueShards:    b.QueueShards,
 			SyncInterval:   "always",
-			InlineMaxBytes: 256 << 10,
-			PublishTimeout: Duration(10 * time.Second),
-			DedupeWindow:   Duration(20 * time.Minute),
-			AckWait:        Duration(60 * time.Second),
+			InlineMaxBytes: ByteSize(b.InlineMaxBytes),
+			PublishTimeout: Duration(b.PublishTimeout),
+			AckWait:        Duration(b.AckWait),
+			// DedupeWindow 0: derived, see Config.DedupeWindow.
 		},
 		Ingress: Ingress{
-			Listen:              StringList{"127.0.0.1:2525"},
-			RelayNetworks:       StringList{"127.0.0.0/8", "::1/128"},
-			MaxMessageBytes:     26214400,
-			MaxRecipients:       100,
-			ReadTimeout:         Duration(5 * time.Minute),
-			WriteTimeout:        Duration(5 * time.Minute),
-			MaxConnections:      1000,
-			MaxConnectionsPerIP: 100,
-			MaxErrors:           10,
-			MaxReceivedHeaders:  50,
+			Listen:              StringList(in.Listen),
+			RelayNetworks:       nets,
+			MaxMessageBytes:     ByteSize(in.MaxMessageBytes),
+			MaxRecipients:       in.MaxRecipients,
+			ReadTimeout:         Duration(in.ReadTimeout),
+			WriteTimeout:        Duration(in.WriteTimeout),
+			MaxConnections:      in.MaxConnections,
+			MaxConnectionsPerIP: in.MaxConnectionsPerIP,
+			MaxErrors:           in.MaxErrors,
+			MaxReceivedHeaders:  in.MaxReceivedHeaders,
 			AddMissingHeaders:   &t,
 			BareLineEndings:     "reject",
-			AuthFailureLimit:    5,
-			AuthFailureWindow:   Duration(10 * time.Minute),
-			AuthLockout:         Duration(15 * time.Minute),
-			ShutdownGrace:       Duration(30 * time.Second),
+			AuthFailureLimit:    in.AuthFailureLimit,
+			AuthFailureWindow:   Duration(in.AuthFailureWindow),
+			AuthLockout:         Duration(in.AuthLockout),
+			ShutdownGrace:       Duration(in.ShutdownGrace),
 		},
 		Delivery: Delivery{
-			Port:                     25,
-			SmarthostTLS:             "opportunistic",
-			MXTLS:                    "opportunistic",
-			Concurrency:              32,
-			DelayWarning:             Duration(12 * time.Hour),
-			MaxMXHosts:               5,
-			MaxMessagesPerConnection: 100,
-			MaxPerDestination:        20,
-			ConnectTimeout:           Duration(30 * time.Second),
-			IdleTimeout:              Duration(30 * time.Second),
-			DestinationBackoff:       Duration(time.Minute),
-			ShutdownGrace:            Duration(30 * time.Second),
+			Port:                     r.Port,
+			SmarthostTLS:             string(delivery.TLSOpportunistic),
+			MXTLS:                    string(r.MXTLS),
+			Concurrency:              d.Concurrency,
+			DelayWarning:             Duration(d.DelayWarning),
+			MaxMXHosts:               r.MaxMXHosts,
+			MaxMessagesPerConnection: d.MaxMessagesPerConnection,
+			MaxPerDestination:        d.MaxPerDestination,
+			ConnectTimeout:           Duration(d.Timeouts.Connect),
+			IdleTimeout:              Duration(d.IdleTimeout),
+			DestinationBackoff:       Duration(d.DestinationBackoff),
+			ShutdownGrace:            Duration(d.ShutdownGrace),
 			Retry: Retry{
-				Schedule: []Duration{
-					Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
-					Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
-				},
-				MaxAge: Duration(120 * time.Hour),
-				Jitter: 0.1,
+				Schedule: schedule,
+				MaxAge:   Duration(d.MaxAge),
+				Jitter:   d.Jitter,
 			},
 		},
-		DeadLetter: DeadLetter{Retention: Duration(720 * time.Hour), SweepInterval: Duration(10 * time.Minute)},
+		DeadLetter: DeadLetter{Retention: Duration(b.DeadLetterRetention), SweepInterval: Duration(10 * time.Minute)},
 		HTTP:       HTTP{Listen: "127.0.0.1:8025"},
 		Log:        Log{Level: "info", Format: "json"},
 	}
+}
+
+// DedupeWindow is the broker's duplicate window in effect: broker.
+// dedupe_window when set, else the longer of broker.MinDedupeWindow (1h)
+// and the longest wait of delivery.retry.schedule, so that a follow-up
+// republished by a worker that stalled for a whole retry interval is still
+// recognised.
+func (c *Config) DedupeWindow() time.Duration {
+	if w := c.Broker.DedupeWindow.D(); w > 0 {
+		return w
+	}
+	return c.minDedupeWindow()
+}
+
+func (c *Config) minDedupeWindow() time.Duration {
+	w := broker.MinDedupeWindow
+	for _, d := range c.Delivery.Retry.Schedule {
+		w = max(w, d.D())
+	}
+	return w
 }

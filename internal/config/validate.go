@@ -10,14 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// TLS policies for outbound connections.
-const (
-	TLSNone          = "none"
-	TLSOpportunistic = "opportunistic"
-	TLSRequired      = "required"
-	TLSImplicit      = "implicit"
+	"github.com/jetrelay/jetrelay/delivery"
 )
 
 // Validate checks the whole configuration and returns every problem found,
@@ -81,8 +75,9 @@ func (c *Config) Validate() error {
 		add("broker.inline_max_bytes", "must be at least 1024, got %d", c.Broker.InlineMaxBytes)
 	}
 	positive(add, "broker.publish_timeout", c.Broker.PublishTimeout)
-	if c.Broker.DedupeWindow.D() < time.Minute {
-		add("broker.dedupe_window", "must be at least 1m, got %s", c.Broker.DedupeWindow)
+	if w := c.Broker.DedupeWindow.D(); w != 0 && w < c.minDedupeWindow() {
+		add("broker.dedupe_window", "must be at least %s (1h, and at least the longest wait of delivery.retry.schedule), or 0 to derive it; got %s",
+			Duration(c.minDedupeWindow()), c.Broker.DedupeWindow)
 	}
 	if cl := c.Broker.Cluster; cl.Listen != "" || len(cl.Routes) > 0 || cl.Name != "" {
 		if cl.Name == "" {
@@ -106,8 +101,8 @@ func (c *Config) Validate() error {
 		}
 		checkFile(add, "broker.cluster.password_file", cl.PasswordFile)
 	}
-	if c.Broker.AckWait.D() < 5*time.Second {
-		add("broker.ack_wait", "must be at least 5s, got %s", c.Broker.AckWait)
+	if c.Broker.AckWait.D() < 2*time.Second {
+		add("broker.ack_wait", "must be at least 2s, got %s", c.Broker.AckWait)
 	}
 
 	// ingress
@@ -177,7 +172,7 @@ func (c *Config) Validate() error {
 	}
 	checkPolicy(add, "delivery.smarthost_tls", c.Delivery.SmarthostTLS)
 	checkPolicy(add, "delivery.mx_tls", c.Delivery.MXTLS)
-	if c.Delivery.MXTLS == TLSImplicit {
+	if c.Delivery.MXTLS == string(delivery.TLSImplicit) {
 		add("delivery.mx_tls", "implicit TLS is not used toward MX hosts; use opportunistic or required")
 	}
 	if c.Delivery.SmarthostPassword != "" && c.Delivery.SmarthostPasswordFile != "" {
@@ -291,9 +286,7 @@ func checkHostPort(add func(string, string, ...any), key, v string, listen bool)
 }
 
 func checkPolicy(add func(string, string, ...any), key, v string) {
-	switch v {
-	case TLSNone, TLSOpportunistic, TLSRequired, TLSImplicit:
-	default:
+	if _, err := delivery.ParseTLSPolicy(v); err != nil || v == "" {
 		add(key, "must be none, opportunistic, required or implicit, got %q", v)
 	}
 }

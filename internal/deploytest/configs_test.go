@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetrelay/jetrelay/delivery"
 	"github.com/jetrelay/jetrelay/internal/config"
 )
 
@@ -129,7 +130,7 @@ func TestExampleConfigProfiles(t *testing.T) {
 		if len(c.Delivery.Smarthost) != 1 || port(c.Delivery.Smarthost[0]) != "587" {
 			t.Errorf("smarthost %v: want one smart host on port 587", c.Delivery.Smarthost)
 		}
-		if c.Delivery.SmarthostTLS != config.TLSRequired {
+		if c.Delivery.SmarthostTLS != string(delivery.TLSRequired) {
 			t.Errorf("smarthost_tls %q: want required (STARTTLS)", c.Delivery.SmarthostTLS)
 		}
 		if c.Delivery.SmarthostUsername == "" || c.Delivery.SmarthostPasswordFile == "" || c.Delivery.SmarthostPassword != "" {

@@ -1,12 +1,15 @@
 // Package queuectl is the operator's view of the live queue: list, show,
 // retry now and delete jobs, like Postfix's mailq, postcat, postqueue -f
-// and postsuper -d. It reads the queue stream without a consumer, so it is
-// safe while the relay is serving.
+// and postsuper -d. It reads the queue streams without a consumer, so it
+// is safe while the relay is serving, and finds a message's jobs by its
+// queue ID without reading the rest of the queue.
 //
-// Invariant: delete moves a job to the dead letters (reason "deleted")
-// before removing it from the queue, so a delete interrupted half-way
-// leaves the message in one place or both, never in none; --purge drops
-// it without a dead letter.
+// It changes nothing itself: retry and delete are the broker's lifecycle
+// operations (broker.Client.RetryNow, DeleteJob), which keep the
+// invariant that a delete moves a job to the dead letters (reason
+// "deleted") before it leaves the queue, so a delete interrupted half-way
+// leaves the message in one place or both, never in none; --purge drops it
+// without a dead letter.
 package queuectl
 
 import (
@@ -17,63 +20,8 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
-	"github.com/jetrelay/jetrelay/contracts"
-	"github.com/jetrelay/jetrelay/deadletter"
+	"github.com/jetrelay/jetrelay/internal/filter"
 )
-
-// Filter selects jobs. Empty fields match everything.
-type Filter struct {
-	IDs       []string      // queue IDs or job IDs
-	Domain    string        // a recipient's domain, exactly (case-insensitive)
-	From      string        // substring of the sender (case-insensitive)
-	Rcpt      string        // substring of a recipient (case-insensitive)
-	OlderThan time.Duration // received longer ago than this
-}
-
-func (f Filter) empty() bool {
-	return len(f.IDs) == 0 && f.Domain == "" && f.From == "" && f.Rcpt == "" && f.OlderThan == 0
-}
-
-// Match reports whether a job passes the filter at time now.
-func (f Filter) Match(j *contracts.Job, now time.Time) bool {
-	if len(f.IDs) > 0 {
-		ok := false
-		for _, id := range f.IDs {
-			if id == j.QueueID || id == j.JobID() {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	if f.Domain != "" {
-		ok := false
-		for _, r := range j.Rcpts {
-			ok = ok || strings.EqualFold(r.Domain(), f.Domain)
-		}
-		if !ok {
-			return false
-		}
-	}
-	if f.From != "" && !strings.Contains(strings.ToLower(j.From), strings.ToLower(f.From)) {
-		return false
-	}
-	if f.Rcpt != "" {
-		ok := false
-		for _, r := range j.Rcpts {
-			ok = ok || strings.Contains(strings.ToLower(r.Addr), strings.ToLower(f.Rcpt))
-		}
-		if !ok {
-			return false
-		}
-	}
-	if f.OlderThan > 0 && now.Sub(j.ReceivedAt) < f.OlderThan {
-		return false
-	}
-	return true
-}
 
 // Entry is one job in the queue.
 type Entry = broker.QueuedJob
@@ -81,95 +29,91 @@ type Entry = broker.QueuedJob
 // Queue is the live queue.
 type Queue struct {
 	b   *broker.Client
-	dl  *deadletter.Writer
 	now func() time.Time
 }
 
 // New returns the queue on a broker connection.
-func New(b *broker.Client) *Queue { return &Queue{b: b, dl: deadletter.NewWriter(b), now: time.Now} }
+func New(b *broker.Client) *Queue { return &Queue{b: b, now: time.Now} }
 
 // List calls fn for the matching jobs after the cursor `after` (0: from
 // the start), at most limit (0: all). It returns the cursor of the next
-// page (0 when there is none). Payloads that do not decode are passed with
+// page (0 when there is none). A filter of queue IDs only is answered by
+// looking the messages up. Payloads that do not decode are passed with
 // Err set when no filter is given, skipped otherwise.
-func (q *Queue) List(ctx context.Context, f Filter, after uint64, limit int, fn func(*Entry) bool) (next uint64, err error) {
+func (q *Queue) List(ctx context.Context, f filter.Filter, after uint64, limit int, fn func(*Entry) bool) (next uint64, err error) {
 	n := 0
 	now := q.now()
-	err = q.b.ScanQueue(ctx, after, func(e *Entry) bool {
+	last := after
+	visit := func(e *Entry) bool {
 		if e.Err != nil {
-			if !f.empty() {
+			if !f.Empty() {
 				return true
 			}
-		} else if !f.Match(e.Job, now) {
+		} else if !f.MatchJob(e.Job, now) {
 			return true
 		}
 		if limit > 0 && n == limit {
-			next = after
+			next = last
 			return false
 		}
 		n++
-		after = e.Cursor
+		last = e.Cursor
 		return fn(e)
-	})
+	}
+	if qids, ok := f.QueueIDs(); ok && after == 0 {
+		for _, id := range qids {
+			if err := q.b.MessageJobs(ctx, id, visit); err != nil || next != 0 {
+				return next, err
+			}
+		}
+		if n > 0 {
+			return 0, nil
+		}
+		// Nothing under those queue IDs: jobs queued before subjects
+		// carried the queue ID are found by reading the whole queue.
+	}
+	err = q.b.ScanQueue(ctx, after, visit)
 	return next, err
+}
+
+// Find returns the jobs ids name: exactly the jobs named, or, for an ID
+// that names no job in the queue (one from an earlier attempt, say),
+// every job of its message.
+func (q *Queue) Find(ctx context.Context, ids []string) ([]*Entry, error) {
+	return q.Select(ctx, filter.Filter{IDs: ids})
+}
+
+// Select returns the decodable jobs f selects; when f names records by
+// ID and none is found, the messages those IDs belong to.
+func (q *Queue) Select(ctx context.Context, f filter.Filter) ([]*Entry, error) {
+	var found []*Entry
+	collect := func(e *Entry) bool {
+		if e.Err == nil {
+			found = append(found, e)
+		}
+		return true
+	}
+	if _, err := q.List(ctx, f, 0, 0, collect); err != nil {
+		return nil, err
+	}
+	if wide, changed := f.Widen(); len(found) == 0 && changed {
+		if _, err := q.List(ctx, wide, 0, 0, collect); err != nil {
+			return nil, err
+		}
+	}
+	return found, nil
 }
 
 // Retry makes a scheduled retry due now (like postqueue -i). A job that
 // is ready or being delivered is left alone; it reports whether it acted.
-func (q *Queue) Retry(ctx context.Context, e *Entry) (bool, error) {
-	if !e.Scheduled || e.Job == nil {
-		return false, nil
-	}
-	return true, q.b.RescheduleJob(ctx, e.Job, e.Inline, q.now())
-}
+func (q *Queue) Retry(ctx context.Context, e *Entry) (bool, error) { return q.b.RetryNow(ctx, e) }
 
-// Delete removes a job. Without purge it first becomes a dead letter with
-// reason "deleted" (keeping its body); with purge it is dropped, and its
-// body with it when nothing else holds it. A job that a worker is
-// delivering at this moment may still be delivered by that attempt.
+// Delete removes a job: to the dead letters with reason "deleted" unless
+// purge (see the package doc). by names who asked, for the record. A job
+// that a worker is delivering at this moment may still be delivered by
+// that attempt.
 func (q *Queue) Delete(ctx context.Context, e *Entry, purge bool, by string) error {
-	if e.Job == nil {
-		return q.b.DeleteQueueMsg(ctx, e.Shard, e.Seq)
-	}
-	j := e.Job
-	if !purge {
-		d := &contracts.DeadLetter{
-			ID:        contracts.DeletedID(j.JobID(), j.Attempt),
-			Reason:    contracts.ReasonDeleted,
-			Detail:    "deleted by operator" + by,
-			DeadAt:    q.now().UTC(),
-			LastReply: j.LastError,
-			Job:       *j,
-		}
-		d.Job.Version = 0
-		if !j.Body.Inline() {
-			if _, _, err := q.b.UpdateBodyRefs(ctx, j.Body.Object, nil, []string{deadletter.Holder(d.ID)}); err != nil {
-				return err
-			}
-		}
-		if err := q.dl.Write(ctx, d, e.Inline); err != nil {
-			return err
-		}
-	}
-	var err error
-	if e.Scheduled {
-		err = q.b.PurgeQueueSubject(ctx, e.Subject)
-	} else {
-		err = q.b.DeleteQueueMsg(ctx, e.Shard, e.Seq)
-	}
-	if err != nil {
-		return err
-	}
-	if !j.Body.Inline() {
-		left, _, err := q.b.UpdateBodyRefs(ctx, j.Body.Object, []string{j.JobID()}, nil)
-		if err != nil {
-			return err
-		}
-		if left == 0 {
-			return q.b.ReleaseBody(ctx, j.Body.Object)
-		}
-	}
-	return nil
+	return q.b.DeleteJob(ctx, e, purge, "deleted by operator"+by)
 }
 
 // Summary counts jobs by recipient domain, like qshape at a glance.

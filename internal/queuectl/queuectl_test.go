@@ -3,38 +3,10 @@ package queuectl
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
 )
-
-func TestFilterMatch(t *testing.T) {
-	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	j := &contracts.Job{QueueID: "Q1", Part: "p", From: "App@Corp.Example", ReceivedAt: now.Add(-90 * time.Minute),
-		Rcpts: []contracts.Recipient{{Addr: "ops@example.com"}}}
-	tests := []struct {
-		f    Filter
-		want bool
-	}{
-		{Filter{}, true},
-		{Filter{IDs: []string{"Q1"}}, true},
-		{Filter{IDs: []string{"Q1-p"}}, true},
-		{Filter{IDs: []string{"Q2"}}, false},
-		{Filter{Domain: "EXAMPLE.com"}, true},
-		{Filter{Domain: "example.org"}, false},
-		{Filter{From: "app@corp"}, true},
-		{Filter{Rcpt: "ops"}, true},
-		{Filter{Rcpt: "dev"}, false},
-		{Filter{OlderThan: time.Hour}, true},
-		{Filter{OlderThan: 2 * time.Hour}, false},
-	}
-	for i, tc := range tests {
-		if got := tc.f.Match(j, now); got != tc.want {
-			t.Errorf("case %d %+v: %v", i, tc.f, got)
-		}
-	}
-}
 
 func TestSummary(t *testing.T) {
 	var s Summary
