@@ -70,7 +70,7 @@ func BenchmarkWorkerDeliver(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		j := &contracts.Job{QueueID: contracts.NewQueueID(time.Now()), ReceivedAt: time.Now(), FirstSeen: time.Now(),
 			From: "bench@client.test", Rcpts: []contracts.Recipient{{Addr: fmt.Sprintf("u%d@example.test", i)}}, Attempt: 1}
-		if err := pub.App.Broker().PublishJob(ctx, j, body); err != nil {
+		if err := pub.App.Broker().Enqueue(ctx, j, body); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
-	"github.com/jetrelay/jetrelay/deadletter"
 	"github.com/jetrelay/jetrelay/internal/app"
 	"github.com/jetrelay/jetrelay/internal/cli"
 	"github.com/jetrelay/jetrelay/internal/config"
@@ -133,7 +132,7 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 		t.Fatalf("paging: %v then %v (cursor %d)", first, second, more.After)
 	}
 	// the human table
-	if table := mustJR(t, relay, "deadletter", "list"); !strings.Contains(table, all[0].ID) || !strings.Contains(table, "2 dead letter(s)") {
+	if table := mustJR(t, relay, "deadletter", "list"); !strings.Contains(table, all[0].QueueID) || !strings.Contains(table, "2 dead letter(s)") {
 		t.Fatalf("table:\n%s", table)
 	}
 	for i, want := range [][]byte{small, big} {
@@ -143,7 +142,8 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 			t.Fatalf("show --raw of %s is not the message as sent", all[i].ID)
 		}
 	}
-	if show := mustJR(t, relay, "deadletter", "show", ids[0]); !strings.Contains(show, "Reason:      rejected") {
+	if show := mustJR(t, relay, "deadletter", "show", ids[0]); !strings.Contains(show, "dead-lettered") || !strings.Contains(show, "(rejected)") ||
+		!strings.Contains(show, "Queue ID:    "+ids[0]) || !strings.Contains(show, "jetrelay deadletter replay "+ids[0]) {
 		t.Fatalf("show:\n%s", show)
 	}
 	baseline := relay.State().BodyBytes
@@ -193,21 +193,21 @@ func TestReplayInterruptedAndRunAgain(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return len(deadLetters(t, relay)) == 2 }, "not dead-lettered")
 	refuse.Store(false)
 	ctx := context.Background()
-	st := deadletter.NewStore(relay.App.Broker())
+	bc := relay.App.Broker()
 	// Crash windows: (1) after the new job is stored and recorded, before
 	// the dead letter is removed; (2) after the job is stored, before even
 	// the replay record is written.
 	for i, id := range ids {
-		e, err := st.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
+		var e *broker.StoredDeadLetter
+		if err := bc.MessageDeadLetters(ctx, id, func(s *broker.StoredDeadLetter) bool { e = s; return false }); err != nil || e == nil {
+			t.Fatalf("dead letter of %s: %v", id, err)
 		}
-		e.Seq = 1 << 40 // the removal fails: as if the process died first
-		if job, _, err := st.Replay(ctx, e, deadletter.ReplayOptions{}); job == nil {
+		e.Seq = 1 << 40 // the removal finds nothing to remove: as if the process died first
+		if job, _, err := bc.Replay(ctx, e, ""); job == nil {
 			t.Fatalf("replay did not get as far as publishing: %v", err)
 		}
 		if i == 1 {
-			kv, err := relay.App.Broker().JetStream().KeyValue(ctx, contracts.BucketBodyRefs)
+			kv, err := bc.JetStream().KeyValue(ctx, contracts.BucketBodyRefs)
 			if err != nil {
 				t.Fatal(err)
 			}

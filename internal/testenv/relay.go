@@ -43,18 +43,36 @@ type Relay struct {
 	log  zerolog.Logger
 }
 
+// RelayOption adjusts a test relay.
+type RelayOption func(*Relay)
+
+// WithLogs also writes the relay's log (JSON lines, every level from
+// debug up) to w, for tests that check what it says.
+func WithLogs(w io.Writer) RelayOption {
+	return func(r *Relay) {
+		tw, lvl := testLogWriter(r.t)
+		r.log = zerolog.New(zerolog.MultiLevelWriter(
+			&zerolog.FilteredLevelWriter{Writer: zerolog.LevelWriterAdapter{Writer: tw}, Level: lvl},
+			zerolog.SyncWriter(w),
+		)).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+	}
+}
+
 // StartRelay runs serve (embedded broker, ingress, delivery) with cfg.
-func StartRelay(t testing.TB, cfg *config.Config, o app.Options) *Relay {
-	return StartStages(t, cfg, app.Stages{Broker: true, Ingress: true, Delivery: true}, o)
+func StartRelay(t testing.TB, cfg *config.Config, o app.Options, opts ...RelayOption) *Relay {
+	return StartStages(t, cfg, app.Stages{Broker: true, Ingress: true, Delivery: true}, o, opts...)
 }
 
 // StartStages runs the chosen stages with cfg.
-func StartStages(t testing.TB, cfg *config.Config, st app.Stages, o app.Options) *Relay {
+func StartStages(t testing.TB, cfg *config.Config, st app.Stages, o app.Options, opts ...RelayOption) *Relay {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
 	r := &Relay{t: t, Cfg: cfg, Opts: o, st: st, log: TestLogger(t)}
+	for _, o := range opts {
+		o(r)
+	}
 	r.start()
 	t.Cleanup(r.Stop)
 	return r
@@ -103,6 +121,13 @@ func TestLogger(t testing.TB) zerolog.Logger {
 		// A fuzz target must not log through F once fuzzing started.
 		return zerolog.Nop()
 	}
+	w, lvl := testLogWriter(t)
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// testLogWriter writes into the test's output until the test ends, and
+// says from which level on.
+func testLogWriter(t testing.TB) (io.Writer, zerolog.Level) {
 	w := &testWriter{t: t}
 	t.Cleanup(func() { w.done.Store(true) })
 	lvl := zerolog.InfoLevel
@@ -114,7 +139,7 @@ func TestLogger(t testing.TB) zerolog.Logger {
 		// as in bench/compare.sh.
 		lvl = zerolog.WarnLevel
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+	return w, lvl
 }
 
 type testWriter struct {
