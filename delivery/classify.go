@@ -12,6 +12,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/delivery/oauth"
 )
 
 // The classification funnel: every result a transport reports (a reply of
@@ -50,7 +51,25 @@ type Verdict struct {
 	RetryAt time.Time
 	// Throttled: the next hop limits our sending rate or quota.
 	Throttled bool
+	// AuthFailed: jetrelay could not authenticate to the next hop (its
+	// credentials or token refused, or no token to be had for a reason an
+	// operator must fix). Every message to that destination will fail the
+	// same way until then, so it is reported as the destination's health.
+	AuthFailed bool
 }
+
+// AuthError is a next hop's refusal of jetrelay's credentials (a refused
+// token, an HTTP 401 or 403 from an API), after the one retry with a fresh
+// token. It is temporary for the message, which waits in the queue.
+type AuthError struct {
+	Host string
+	Err  error
+}
+
+func (e *AuthError) Error() string {
+	return "authentication to " + e.Host + " failed: " + e.Err.Error()
+}
+func (e *AuthError) Unwrap() error { return e.Err }
 
 // ReplyError is a reply that ended a step of the dialogue for every
 // recipient at once (a refused greeting, EHLO, STARTTLS or AUTH).
@@ -172,12 +191,25 @@ func classify(r Result, host string) Verdict {
 	}
 	var re *ReplyError
 	var ro *RouteError
+	var ae *AuthError
+	var oe *oauth.Error
 	var te *tlsError
 	var pa errPlainAuth
 	var na errNoAuthMechanism
 	var bo errBackedOff
 	var ne net.Error
 	switch err := r.Err; {
+	case errors.As(err, &ae):
+		v := temp("4.7.0", ae.Error())
+		v.AuthFailed = true
+		return v
+	case errors.As(err, &oe):
+		// No token: the message waits whatever the reason; a reason an
+		// operator must fix (bad secret, no consent) marks the
+		// destination's authentication as failing.
+		v := temp("4.7.0", "could not get an OAuth token: "+oe.Error())
+		v.AuthFailed = !oe.Temporary
+		return v
 	case errors.As(err, &re):
 		rep := re.Reply
 		if rep.Host == "" {
@@ -189,10 +221,12 @@ func classify(r Result, host string) Verdict {
 			// smtp_skip_5xx_greeting), is skipped; if all are, the message
 			// is deferred, not bounced. A refused AUTH is a configuration
 			// problem that a retry after fixing it must survive.
+			v := Verdict{Class: Deferred, Reply: &rep}
 			if rep.Code/100 != 4 {
-				return temp("4.4.0", fmt.Sprintf("%s said %s at %s", rep.Host, strings.TrimSpace(rep.String()), re.Stage))
+				v = temp("4.4.0", fmt.Sprintf("%s said %s at %s", rep.Host, strings.TrimSpace(rep.String()), re.Stage))
 			}
-			return Verdict{Class: Deferred, Reply: &rep}
+			v.AuthFailed = re.Stage == "auth" && rep.Code/100 == 5
+			return v
 		}
 		return classifyReply(re.Stage, &rep)
 	case errors.As(err, &ro):
