@@ -42,6 +42,7 @@ func (w *Worker) attempt(ctx context.Context, l *broker.Lease) []*group {
 		for i, res := range g.report.Results {
 			g.verdicts[i] = classify(res, g.report.Host)
 		}
+		w.health.observe(g)
 	}
 	if len(groups) == 1 {
 		run(groups[0])

@@ -242,9 +242,13 @@ func classify(r Result, host string) Verdict {
 	case errors.As(err, &te):
 		return temp("4.7.5", te.Error())
 	case errors.As(err, &pa):
-		return temp("4.7.0", pa.Error())
+		v := temp("4.7.0", pa.Error())
+		v.AuthFailed = true
+		return v
 	case errors.As(err, &na):
-		return temp("4.7.0", na.Error())
+		v := temp("4.7.0", na.Error())
+		v.AuthFailed = true
+		return v
 	case errors.As(err, &bo):
 		return temp("4.4.1", bo.Error())
 	case errors.Is(err, errNoReply):

@@ -80,8 +80,8 @@ func TestClassifyFunnel(t *testing.T) {
 		{"TLS required, not offered", Result{Err: &tlsError{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "does not offer STARTTLS", false, time.Time{}, false},
 		{"TLS required, handshake failed", Result{Err: &tlsError{host: "mx.example", offered: true, err: fmt.Errorf("%w: x509: unknown authority", errTLSFailed)}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "unknown authority", false, time.Time{}, false},
 		{"implicit TLS handshake failed", Result{Err: fmt.Errorf("%w: remote error", errTLSFailed), Stage: "connect"}, Deferred, 451, "4.7.5", "", "remote error", false, time.Time{}, false},
-		{"credentials over plaintext", Result{Err: errPlainAuth{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "allow_plain_auth", false, time.Time{}, false},
-		{"no AUTH mechanism", Result{Err: errNoAuthMechanism{host: "mx.example", offered: "CRAM-MD5"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "CRAM-MD5", false, time.Time{}, false},
+		{"credentials over plaintext", Result{Err: errPlainAuth{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "allow_plain_auth", false, time.Time{}, true},
+		{"no AUTH mechanism", Result{Err: errNoAuthMechanism{host: "mx.example", offered: "CRAM-MD5"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "CRAM-MD5", false, time.Time{}, true},
 		// connections
 		{"backed off", Result{Err: errBackedOff{why: "connection refused"}, Stage: "connect"}, Deferred, 451, "4.4.1", "", "backed off", false, time.Time{}, false},
 		{"worker stopping", Result{Err: context.Canceled, Stage: "connect"}, Deferred, 451, "4.4.7", "", "stopping", false, time.Time{}, false},

@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/delivery/oauth"
 )
 
 // TLSPolicy says how a connection to a next hop is protected.
@@ -48,11 +51,28 @@ type Route struct {
 	TLS   TLSPolicy // "" is opportunistic
 	// TLSSkipVerify accepts any certificate (required/implicit policies).
 	TLSSkipVerify bool
-	// Username and Password authenticate (AUTH PLAIN or LOGIN); only over
-	// TLS unless AllowPlainAuth.
+	// RootCAs verifies the next hop's certificate (nil: the worker's
+	// pool, by default the system's): a private CA.
+	RootCAs *x509.CertPool
+	// ClientCert is presented to the next hop (mutual TLS).
+	ClientCert *tls.Certificate
+	// ServerName is the name the certificate must carry (default: the
+	// host's name).
+	ServerName string
+	// Username authenticates: with Password (AUTH PLAIN or LOGIN), or as
+	// the mailbox of an OAuth token (XOAUTH2's user=, OAUTHBEARER's a=).
+	// Credentials go only over TLS unless AllowPlainAuth.
 	Username, Password string
 	AllowPlainAuth     bool
+	// Tokens, when set, authenticates with OAuth 2.0 bearer tokens
+	// (XOAUTH2, else OAUTHBEARER) instead of a password.
+	Tokens oauth.Source
+	// Transport delivers to this route (nil: SMTP to Hosts).
+	Transport Transport
 }
+
+// authenticates reports whether the route has credentials.
+func (r *Route) authenticates() bool { return r.Username != "" || r.Tokens != nil }
 
 // Destination is where a group of recipients goes: a route, the smart
 // host, or the recipient domain's MX hosts. Recipients with the same Key
@@ -144,6 +164,29 @@ func NewRouter(o RouterOptions) *Router {
 	return r
 }
 
+// tokenRoutes are the configured destinations that authenticate with
+// OAuth tokens.
+func (r *Router) tokenRoutes() []*Destination {
+	var out []*Destination
+	if r.o.Smarthost.Tokens != nil && len(r.o.Smarthost.Hosts)+btoi(r.o.Smarthost.Transport != nil) > 0 {
+		out = append(out, &Destination{Key: "smarthost", Kind: "smarthost", Route: r.o.Smarthost})
+	}
+	for _, d := range r.routes {
+		if d.Tokens != nil {
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // destinationFor routes one recipient domain, first match wins: a per-job
 // override (replay --route), a route for the domain, the smart host,
 // direct MX.
@@ -156,7 +199,7 @@ func (r *Router) destinationFor(j *contracts.Job, domain string) *Destination {
 	if d, ok := r.routes[domain]; ok {
 		return d
 	}
-	if len(r.o.Smarthost.Hosts) > 0 {
+	if len(r.o.Smarthost.Hosts) > 0 || r.o.Smarthost.Transport != nil {
 		return &Destination{Key: "smarthost", Kind: "smarthost", Domain: domain, Route: r.o.Smarthost, Verify: !r.o.Smarthost.TLSSkipVerify}
 	}
 	return &Destination{Key: "mx:" + domain, Kind: "mx", Domain: domain, Route: Route{TLS: r.o.MXTLS}, Verify: r.o.MXTLS == TLSRequired}

@@ -197,17 +197,51 @@ func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, l
 	if c.tlsDesc != "" && t.tlsOut != nil {
 		t.tlsOut.WithLabelValues("out", strings.Fields(c.tlsDesc)[0]).Inc()
 	}
-	if dest.Username != "" {
+	if dest.authenticates() {
 		if c.tlsDesc == "" && !dest.AllowPlainAuth {
 			c.quit()
 			return nil, errPlainAuth{host: h.name}
 		}
-		if err := c.auth(ctx, dest.Username, dest.Password); err != nil {
+		if err := t.authenticate(ctx, c, dest); err != nil {
 			c.close()
 			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// authenticate logs in with the destination's password, or with an OAuth
+// token. A token the server refuses is dropped from the cache and a fresh
+// one tried once (a token revoked since it was fetched); refused again,
+// it is an AuthError, for the queue to wait and the health to show.
+func (t *smtpTransport) authenticate(ctx context.Context, c *smtpConn, dest *Destination) error {
+	if dest.Tokens == nil {
+		return c.auth(ctx, dest.Username, dest.Password)
+	}
+	tok, err := dest.Tokens.Token(ctx)
+	if err != nil {
+		return err
+	}
+	err = c.authBearer(ctx, dest.Username, tok.Value)
+	var refused errTokenRefused
+	if !errors.As(err, &refused) {
+		return err
+	}
+	dest.Tokens.Invalidate(tok.Value)
+	fresh, ferr := dest.Tokens.Token(ctx)
+	switch {
+	case ferr != nil:
+		return ferr
+	case fresh.Value == tok.Value || c.broken:
+		return &AuthError{Host: c.host, Err: refused.reply}
+	}
+	if err := c.authBearer(ctx, dest.Username, fresh.Value); err != nil {
+		if errors.As(err, &refused) {
+			return &AuthError{Host: c.host, Err: refused.reply}
+		}
+		return err
+	}
+	return nil
 }
 
 func (t *smtpTransport) upgrade(ctx context.Context, c *smtpConn, cfg *tls.Config) error {
@@ -218,10 +252,20 @@ func (t *smtpTransport) upgrade(ctx context.Context, c *smtpConn, cfg *tls.Confi
 }
 
 func (t *smtpTransport) tlsConfig(dest *Destination, serverName string) *tls.Config {
-	return &tls.Config{
+	cfg := &tls.Config{
 		ServerName:         serverName,
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: !dest.Verify, //nolint:gosec // opportunistic MX TLS or an explicit tls_skip_verify
 		RootCAs:            t.rootCAs,
 	}
+	if dest.ServerName != "" {
+		cfg.ServerName = dest.ServerName
+	}
+	if dest.RootCAs != nil {
+		cfg.RootCAs = dest.RootCAs
+	}
+	if dest.ClientCert != nil {
+		cfg.Certificates = []tls.Certificate{*dest.ClientCert}
+	}
+	return cfg
 }

@@ -105,6 +105,7 @@ type Worker struct {
 	opts    Options
 	log     zerolog.Logger
 	metrics *metrics
+	health  *authHealth
 }
 
 // New builds a worker.
@@ -125,11 +126,18 @@ func New(b *broker.Client, router *Router, opts Options, log zerolog.Logger) *Wo
 		opts:    opts,
 		log:     log,
 		metrics: m,
+		health:  newAuthHealth(opts.Registerer, log),
 	}
 }
 
-// transportFor picks the transport of a destination.
-func (w *Worker) transportFor(*Destination) Transport { return w.smtp }
+// transportFor picks the transport of a destination: its route's own
+// (Microsoft Graph), or SMTP.
+func (w *Worker) transportFor(d *Destination) Transport {
+	if d.Transport != nil {
+		return d.Transport
+	}
+	return w.smtp
+}
 
 // Run consumes jobs until ctx is cancelled, then lets attempts in flight
 // finish within ShutdownGrace (after which they are cut off and their jobs
@@ -156,6 +164,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	defer stopGrace()
 	w.log.Info().Int("concurrency", w.opts.Concurrency).Msg("delivery worker started")
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		w.probeTokens(ctx)
+	}()
+	defer func() { <-probeDone }()
 	err := w.b.ConsumeJobs(ctx, w.opts.Concurrency, func(_ context.Context, l *broker.Lease) {
 		w.handle(hardCtx, l)
 	})

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -243,6 +244,11 @@ func (a *App) ready() error {
 	if a.emb != nil {
 		if err := a.emb.Health(); err != nil {
 			return fmt.Errorf("embedded broker: %w", err)
+		}
+	}
+	if a.worker != nil {
+		if p := a.worker.AuthProblems(); len(p) > 0 {
+			return fmt.Errorf("outbound authentication failing (messages wait in the queue): %s", strings.Join(p, "; "))
 		}
 	}
 	return nil

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"strings"
@@ -196,7 +198,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 }
 
 // RouterOptions maps the configuration's smart host, routes and MX
-// settings into delivery's, reading the password files.
+// settings into delivery's, reading the secret and certificate files.
 func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
 	dc := cfg.Delivery
 	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{}}
@@ -204,34 +206,66 @@ func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
 	if ro.MXTLS, err = delivery.ParseTLSPolicy(dc.MXTLS); err != nil {
 		return ro, fmt.Errorf("delivery.mx_tls: %w", err)
 	}
-	shPass := dc.SmarthostPassword
-	if dc.SmarthostPasswordFile != "" {
-		if shPass, err = ReadSecret(dc.SmarthostPasswordFile); err != nil {
-			return ro, fmt.Errorf("delivery.smarthost_password_file: %w", err)
-		}
-	}
-	ro.Smarthost = delivery.Route{Hosts: dc.Smarthost, TLSSkipVerify: dc.SmarthostTLSSkipVerify,
-		Username: dc.SmarthostUsername, Password: shPass, AllowPlainAuth: dc.SmarthostAllowPlainAuth}
-	if ro.Smarthost.TLS, err = delivery.ParseTLSPolicy(dc.SmarthostTLS); err != nil {
-		return ro, fmt.Errorf("delivery.smarthost_tls: %w", err)
+	if ro.Smarthost, err = routeOptions(dc.SmarthostRoute(), func(k string) string { return "delivery.smarthost_" + k }); err != nil {
+		return ro, err
 	}
 	for dom, r := range dc.Routes {
-		rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, Password: r.Password, AllowPlainAuth: r.AllowPlainAuth}
-		if r.Host != "" {
-			rt.Hosts = append(rt.Hosts, r.Host)
+		if ro.Routes[dom], err = routeOptions(r, func(k string) string { return "delivery.routes." + dom + "." + k }); err != nil {
+			return ro, err
 		}
-		rt.Hosts = append(rt.Hosts, r.Hosts...)
-		if r.PasswordFile != "" {
-			if rt.Password, err = ReadSecret(r.PasswordFile); err != nil {
-				return ro, fmt.Errorf("delivery.routes.%s.password_file: %w", dom, err)
-			}
-		}
-		if rt.TLS, err = delivery.ParseTLSPolicy(r.TLS); err != nil {
-			return ro, fmt.Errorf("delivery.routes.%s.tls: %w", dom, err)
-		}
-		ro.Routes[dom] = rt
 	}
 	return ro, nil
+}
+
+// routeOptions maps one smart host or route; key names a setting for
+// errors.
+func routeOptions(r config.Route, key func(string) string) (delivery.Route, error) {
+	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName}
+	if r.Host != "" {
+		rt.Hosts = append(rt.Hosts, r.Host)
+	}
+	rt.Hosts = append(rt.Hosts, r.Hosts...)
+	var err error
+	if rt.TLS, err = delivery.ParseTLSPolicy(r.TLS); err != nil {
+		return rt, fmt.Errorf("%s: %w", key("tls"), err)
+	}
+	if rt.Password, err = secret(r.Password, r.PasswordFile, r.PasswordEnv); err != nil {
+		return rt, fmt.Errorf("%s: %w", key("password"), err)
+	}
+	if r.TLSCAFile != "" {
+		pem, err := os.ReadFile(r.TLSCAFile)
+		if err != nil {
+			return rt, fmt.Errorf("%s: %w", key("tls_ca_file"), err)
+		}
+		rt.RootCAs = x509.NewCertPool()
+		if !rt.RootCAs.AppendCertsFromPEM(pem) {
+			return rt, fmt.Errorf("%s: %s holds no PEM certificate", key("tls_ca_file"), r.TLSCAFile)
+		}
+	}
+	if r.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(r.TLSCertFile, r.TLSKeyFile)
+		if err != nil {
+			return rt, fmt.Errorf("%s: %w", key("tls_cert_file"), err)
+		}
+		rt.ClientCert = &cert
+	}
+	return rt, nil
+}
+
+// secret reads a secret given inline, in a file, or in an environment
+// variable (at most one of them; "" when none).
+func secret(inline, file, env string) (string, error) {
+	switch {
+	case file != "":
+		return ReadSecret(file)
+	case env != "":
+		v := os.Getenv(env)
+		if v == "" {
+			return "", fmt.Errorf("environment variable %s is not set", env)
+		}
+		return v, nil
+	}
+	return inline, nil
 }
 
 // ReadSecret reads a password or token kept in a file, without the

@@ -174,8 +174,27 @@ type Delivery struct {
 	SmarthostUsername       string     `yaml:"smarthost_username"`
 	SmarthostPassword       string     `yaml:"smarthost_password" secret:"true"`
 	SmarthostPasswordFile   string     `yaml:"smarthost_password_file"`
+	SmarthostPasswordEnv    string     `yaml:"smarthost_password_env"`
 	SmarthostTLSSkipVerify  bool       `yaml:"smarthost_tls_skip_verify"`
 	SmarthostAllowPlainAuth bool       `yaml:"smarthost_allow_plain_auth"`
+	// SmarthostTLSCAFile, …CertFile, …KeyFile and …ServerName: a private CA
+	// to verify the smart host, a client certificate (mutual TLS), and the
+	// name its certificate must carry.
+	SmarthostTLSCAFile     string `yaml:"smarthost_tls_ca_file"`
+	SmarthostTLSCertFile   string `yaml:"smarthost_tls_cert_file"`
+	SmarthostTLSKeyFile    string `yaml:"smarthost_tls_key_file"`
+	SmarthostTLSServerName string `yaml:"smarthost_tls_server_name"`
+	// SmarthostTransport is "smtp" (default) or "graph" (Microsoft Graph
+	// sendMail, with SmarthostOAuth).
+	SmarthostTransport string `yaml:"smarthost_transport"`
+	// SmarthostOAuth authenticates with OAuth 2.0 (XOAUTH2 / OAUTHBEARER
+	// on SMTP, bearer tokens on Graph) instead of a password.
+	SmarthostOAuth OAuth `yaml:"smarthost_oauth"`
+	// SmarthostGraph configures the Graph transport.
+	SmarthostGraph Graph `yaml:"smarthost_graph"`
+	// SmarthostRateLimit spreads the smart host's mail out (shared by all
+	// workers through the broker).
+	SmarthostRateLimit RateLimit `yaml:"smarthost_rate_limit"`
 	// MXTLS is the TLS policy for direct MX delivery.
 	MXTLS string `yaml:"mx_tls"`
 	// Routes maps a recipient domain to its own next hop.
@@ -219,8 +238,90 @@ type Route struct {
 	Username      string     `yaml:"username"`
 	Password      string     `yaml:"password" secret:"true"`
 	PasswordFile  string     `yaml:"password_file"`
+	PasswordEnv   string     `yaml:"password_env"`
 	// AllowPlainAuth permits AUTH without TLS on this route.
 	AllowPlainAuth bool `yaml:"allow_plain_auth"`
+	// TLSCAFile, TLSCertFile, TLSKeyFile, TLSServerName: a private CA,
+	// a client certificate (mutual TLS), the name to verify.
+	TLSCAFile     string `yaml:"tls_ca_file"`
+	TLSCertFile   string `yaml:"tls_cert_file"`
+	TLSKeyFile    string `yaml:"tls_key_file"`
+	TLSServerName string `yaml:"tls_server_name"`
+	// Transport is "smtp" (default) or "graph".
+	Transport string    `yaml:"transport"`
+	OAuth     OAuth     `yaml:"oauth"`
+	Graph     Graph     `yaml:"graph"`
+	RateLimit RateLimit `yaml:"rate_limit"`
+}
+
+// OAuth is an app-only OAuth 2.0 credential for a smart host or route.
+// Provider "entra" (Microsoft 365: TenantID, ClientID, and a client secret
+// or a certificate), "google" (Google Workspace: a service account key
+// with domain-wide delegation, acting as Subject) or "oauth2" (any token
+// endpoint: TokenURL, ClientID, a client secret, Scope). A secret is
+// given inline, in a file (…_file) or in an environment variable (…_env),
+// once.
+type OAuth struct {
+	Provider         string `yaml:"provider"`
+	TenantID         string `yaml:"tenant_id"`
+	ClientID         string `yaml:"client_id"`
+	ClientSecret     string `yaml:"client_secret" secret:"true"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	ClientSecretEnv  string `yaml:"client_secret_env"`
+	// CertificateFile and KeyFile (PEM) sign an Entra client assertion
+	// instead of a client secret.
+	CertificateFile string `yaml:"certificate_file"`
+	KeyFile         string `yaml:"key_file"`
+	// ServiceAccountFile is Google's JSON key; Subject is the mailbox the
+	// service account acts as (default: the route's username).
+	ServiceAccountFile string `yaml:"service_account_file"`
+	Subject            string `yaml:"subject"`
+	// Authority is Entra's login host (sovereign clouds:
+	// https://login.microsoftonline.us, https://login.chinacloudapi.cn).
+	Authority string `yaml:"authority"`
+	// TokenURL is the token endpoint ("oauth2"; overrides the others').
+	TokenURL string `yaml:"token_url"`
+	// Scope defaults to what the provider and transport need.
+	Scope string `yaml:"scope"`
+}
+
+// Configured reports whether any OAuth key is set.
+func (o OAuth) Configured() bool { return o != OAuth{} }
+
+// Graph configures the Microsoft Graph transport.
+type Graph struct {
+	// BaseURL (default https://graph.microsoft.com/v1.0; US Government:
+	// https://graph.microsoft.us/v1.0; China:
+	// https://microsoftgraph.chinacloudapi.cn/v1.0).
+	BaseURL string `yaml:"base_url"`
+	// Sender is the mailbox messages are sent as (default: the route's
+	// username, else each message's envelope sender).
+	Sender string `yaml:"sender"`
+}
+
+// RateLimit spreads a route's mail out instead of hitting a provider's
+// limits: at most Messages per Per (default 1m), RecipientsPerDay
+// recipients per UTC day, and Connections deliveries at once, all counted
+// across every worker through the broker. A message over a limit waits in
+// the queue for the next window. 0: no limit.
+type RateLimit struct {
+	Messages         int      `yaml:"messages"`
+	Per              Duration `yaml:"per"`
+	RecipientsPerDay int      `yaml:"recipients_per_day"`
+	Connections      int      `yaml:"connections"`
+}
+
+// SmarthostRoute is the smart host's settings as a Route (its hosts and
+// the smarthost_* keys), for the code that treats both alike.
+func (d Delivery) SmarthostRoute() Route {
+	return Route{
+		Hosts: d.Smarthost, TLS: d.SmarthostTLS, TLSSkipVerify: d.SmarthostTLSSkipVerify,
+		Username: d.SmarthostUsername, Password: d.SmarthostPassword, PasswordFile: d.SmarthostPasswordFile,
+		PasswordEnv: d.SmarthostPasswordEnv, AllowPlainAuth: d.SmarthostAllowPlainAuth,
+		TLSCAFile: d.SmarthostTLSCAFile, TLSCertFile: d.SmarthostTLSCertFile, TLSKeyFile: d.SmarthostTLSKeyFile,
+		TLSServerName: d.SmarthostTLSServerName, Transport: d.SmarthostTransport,
+		OAuth: d.SmarthostOAuth, Graph: d.SmarthostGraph, RateLimit: d.SmarthostRateLimit,
+	}
 }
 
 // Retry is the schedule for temporary failures.

@@ -146,7 +146,7 @@ func TestValidateReportsEverything(t *testing.T) {
 	for _, want := range []string{
 		`ingress.relay_networks: "10.0.0.0/33"`, `ingress.relay_networks: "not-an-ip"`,
 		"delivery.smarthost_tls", `delivery.smarthost: "no-port"`, "delivery.concurrency",
-		"log.level", "broker.url", "delivery.routes.corp.example: needs host",
+		"log.level", "broker.url", "delivery.routes.corp.example.host: needs host",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
@@ -158,12 +158,14 @@ func TestRedacted(t *testing.T) {
 	cfg := Default()
 	cfg.Delivery.SmarthostPassword = "hunter2"
 	cfg.Broker.Token = "s3cret"
-	cfg.Delivery.Routes = map[string]Route{"corp.example": {Host: "10.0.0.5:25", Password: "routepw", Username: "u"}}
+	cfg.Delivery.SmarthostOAuth = OAuth{Provider: "entra", TenantID: "t", ClientID: "c", ClientSecret: "entra-secret"}
+	cfg.Delivery.Routes = map[string]Route{"corp.example": {Host: "10.0.0.5:25", Password: "routepw", Username: "u",
+		OAuth: OAuth{Provider: "oauth2", ClientSecret: "route-oauth-secret"}}}
 	out, err := cfg.Redacted()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"hunter2", "s3cret", "routepw"} {
+	for _, secret := range []string{"hunter2", "s3cret", "routepw", "entra-secret", "route-oauth-secret"} {
 		if strings.Contains(string(out), secret) {
 			t.Errorf("secret %q in output:\n%s", secret, out)
 		}
@@ -224,5 +226,79 @@ func TestSetUnknownKey(t *testing.T) {
 	}
 	if len(Keys()) < 40 {
 		t.Fatalf("Keys() = %d keys", len(Keys()))
+	}
+}
+
+// config check catches what an OAuth, Graph, trust or rate-limit setup
+// gets wrong, each naming its key.
+func TestValidateRoutes(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secretFile := file("secret", "s3cret\n")
+	unreadable := filepath.Join(dir, "missing.pem")
+	notPEM := file("ca.txt", "not a certificate")
+	sa := file("sa.json", `{"type":"service_account","client_email":"relay@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"}`)
+	t.Setenv("JETRELAY_TEST_SECRET", "from-env")
+	entra := OAuth{Provider: "entra", TenantID: "contoso.onmicrosoft.com", ClientID: "3a1b", ClientSecretFile: secretFile}
+	tests := []struct {
+		name  string
+		route Route
+		want  string // "" valid
+	}{
+		{"entra with a secret file", Route{Host: "smtp.office365.com:587", TLS: "required", Username: "alerts@corp.example", OAuth: entra}, ""},
+		{"entra secret from the environment", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c", ClientSecretEnv: "JETRELAY_TEST_SECRET"}}, ""},
+		{"missing tenant ID", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", ClientID: "c", ClientSecret: "x"}}, "oauth.tenant_id: Entra ID needs the tenant ID"},
+		{"secret inline and by file", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c", ClientSecret: "x", ClientSecretFile: secretFile}}, "oauth.client_secret: given more than once"},
+		{"secret variable not set", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c", ClientSecretEnv: "JETRELAY_NOT_SET_ANYWHERE"}}, "environment variable JETRELAY_NOT_SET_ANYWHERE is not set"},
+		{"unreadable key file", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c", CertificateFile: unreadable, KeyFile: unreadable}}, "oauth.certificate_file: open"},
+		{"secret and certificate", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c", ClientSecret: "x", CertificateFile: unreadable, KeyFile: unreadable}}, "not both"},
+		{"no secret at all", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "entra", TenantID: "t", ClientID: "c"}}, "needs a client secret"},
+		{"password and OAuth", Route{Host: "h:587", Username: "a@b", Password: "p", OAuth: entra}, "set a password or OAuth, not both"},
+		{"XOAUTH2 needs the mailbox", Route{Host: "h:587", OAuth: entra}, "username: OAuth on SMTP needs the mailbox"},
+		{"unknown provider", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "okta"}}, "oauth.provider: must be entra, google or oauth2"},
+		{"google", Route{Host: "smtp.gmail.com:587", Username: "a@corp.example", OAuth: OAuth{Provider: "google", ServiceAccountFile: sa}}, ""},
+		{"google key that is not one", Route{Host: "smtp.gmail.com:587", Username: "a@b", OAuth: OAuth{Provider: "google", ServiceAccountFile: secretFile}}, "is not a JSON key"},
+		{"generic needs a token URL", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "oauth2", ClientID: "c", ClientSecret: "s"}}, "oauth.token_url: needs the token endpoint"},
+		{"token URL over http", Route{Host: "h:587", Username: "a@b", OAuth: OAuth{Provider: "oauth2", ClientID: "c", ClientSecret: "s", TokenURL: "http://idp/token"}}, "is not an https URL"},
+		{"graph", Route{Transport: "graph", OAuth: entra}, ""},
+		{"graph without OAuth", Route{Transport: "graph"}, "the graph transport needs an OAuth credential"},
+		{"graph with hosts", Route{Transport: "graph", Host: "h:25", OAuth: entra}, "not to hosts"},
+		{"graph with google", Route{Transport: "graph", OAuth: OAuth{Provider: "google", ServiceAccountFile: sa}}, "works with provider entra"},
+		{"unknown transport", Route{Host: "h:25", Transport: "carrier-pigeon"}, "transport: must be smtp or graph"},
+		{"CA file that is not PEM", Route{Host: "h:25", TLSCAFile: notPEM}, "holds no PEM certificate"},
+		{"client certificate without key", Route{Host: "h:25", TLSCertFile: notPEM}, "tls_cert_file and tls_key_file go together"},
+		{"rate limit window", Route{Host: "h:25", RateLimit: RateLimit{Messages: 30, Per: Duration(time.Millisecond)}}, "rate_limit.per: must be at least 1s"},
+		{"negative limit", Route{Host: "h:25", RateLimit: RateLimit{Connections: -1}}, "limits cannot be negative"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.Delivery.Routes = map[string]Route{"corp.example": tc.route}
+			err := cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected problems: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("want %q, got %v", tc.want, err)
+			case err != nil && !strings.Contains(err.Error(), "delivery.routes.corp.example."):
+				t.Fatalf("the problem does not name its key: %v", err)
+			case err != nil && strings.Contains(err.Error(), "s3cret"):
+				t.Fatalf("a secret in the report: %v", err)
+			}
+		})
+	}
+	// The smart host's flat keys are checked the same way, under their names.
+	cfg := Default()
+	cfg.Delivery.Smarthost = StringList{"smtp.office365.com:587"}
+	cfg.Delivery.SmarthostUsername = "alerts@corp.example"
+	cfg.Delivery.SmarthostOAuth = OAuth{Provider: "entra", ClientID: "c", ClientSecretFile: secretFile}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "delivery.smarthost_oauth.tenant_id: Entra ID needs the tenant ID") {
+		t.Fatalf("smart host OAuth: %v", err)
 	}
 }

@@ -234,8 +234,10 @@ func (c *Config) Redacted() ([]byte, error) {
 	cp := *c
 	cp.Delivery.Routes = make(map[string]Route, len(c.Delivery.Routes))
 	for k, r := range c.Delivery.Routes {
-		if r.Password != "" {
-			r.Password = redacted
+		for _, s := range []*string{&r.Password, &r.OAuth.ClientSecret} {
+			if *s != "" {
+				*s = redacted
+			}
 		}
 		cp.Delivery.Routes[k] = r
 	}

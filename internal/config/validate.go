@@ -1,6 +1,9 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -167,44 +170,26 @@ func (c *Config) Validate() error {
 	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
 		add("delivery.port", "must be a TCP port, got %d", c.Delivery.Port)
 	}
-	for _, h := range c.Delivery.Smarthost {
-		checkHostPort(add, "delivery.smarthost", h, false)
-	}
-	checkPolicy(add, "delivery.smarthost_tls", c.Delivery.SmarthostTLS)
 	checkPolicy(add, "delivery.mx_tls", c.Delivery.MXTLS)
 	if c.Delivery.MXTLS == string(delivery.TLSImplicit) {
 		add("delivery.mx_tls", "implicit TLS is not used toward MX hosts; use opportunistic or required")
 	}
-	if c.Delivery.SmarthostPassword != "" && c.Delivery.SmarthostPasswordFile != "" {
-		add("delivery.smarthost_password_file", "set either smarthost_password or smarthost_password_file, not both")
-	}
-	checkFile(add, "delivery.smarthost_password_file", c.Delivery.SmarthostPasswordFile)
-	if (c.Delivery.SmarthostPassword != "" || c.Delivery.SmarthostPasswordFile != "") && c.Delivery.SmarthostUsername == "" {
-		add("delivery.smarthost_username", "a smart-host password needs a username")
+	if sh := c.Delivery.SmarthostRoute(); len(sh.Hosts) > 0 || sh.Transport != "" || sh.OAuth.Configured() || sh.Username != "" {
+		validateRoute(add, func(k string) string {
+			if k == "hosts" || k == "host" {
+				return "delivery.smarthost"
+			}
+			return "delivery.smarthost_" + k
+		}, sh)
+	} else {
+		checkPolicy(add, "delivery.smarthost_tls", c.Delivery.SmarthostTLS)
 	}
 	for dom, r := range c.Delivery.Routes {
-		key := "delivery.routes." + dom
+		prefix := "delivery.routes." + dom + "."
 		if dom == "" || strings.ContainsAny(dom, " @") {
-			add(key, "%q is not a domain", dom)
+			add(strings.TrimSuffix(prefix, "."), "%q is not a domain", dom)
 		}
-		if r.Host == "" && len(r.Hosts) == 0 {
-			add(key, "needs host (or hosts)")
-		}
-		for _, h := range append(StringList{r.Host}, r.Hosts...) {
-			if h != "" {
-				checkHostPort(add, key+".host", h, false)
-			}
-		}
-		if r.TLS != "" {
-			checkPolicy(add, key+".tls", r.TLS)
-		}
-		if r.Password != "" && r.PasswordFile != "" {
-			add(key+".password_file", "set either password or password_file, not both")
-		}
-		checkFile(add, key+".password_file", r.PasswordFile)
-		if (r.Password != "" || r.PasswordFile != "") && r.Username == "" {
-			add(key+".username", "a password needs a username")
-		}
+		validateRoute(add, func(k string) string { return prefix + k }, r)
 	}
 	if c.Delivery.Concurrency < 1 || c.Delivery.Concurrency > 10000 {
 		add("delivery.concurrency", "must be between 1 and 10000, got %d", c.Delivery.Concurrency)
@@ -257,6 +242,177 @@ func (c *Config) Validate() error {
 		add("log.format", "must be json or console, got %q", c.Log.Format)
 	}
 	return errors.Join(errs...)
+}
+
+// validateRoute checks a smart host or a route; key names a setting the
+// way the file spells it.
+func validateRoute(add func(string, string, ...any), key func(string) string, r Route) {
+	graph := r.Transport == "graph"
+	switch r.Transport {
+	case "", "smtp", "graph":
+	default:
+		add(key("transport"), "must be smtp or graph, got %q", r.Transport)
+	}
+	hosts := append(StringList{}, r.Hosts...)
+	if r.Host != "" {
+		hosts = append(StringList{r.Host}, hosts...)
+	}
+	switch {
+	case graph && len(hosts) > 0:
+		add(key("host"), "the graph transport sends to Microsoft Graph (set graph.base_url for another cloud), not to hosts")
+	case !graph && len(hosts) == 0:
+		add(key("host"), "needs host (or hosts)")
+	}
+	for _, h := range hosts {
+		checkHostPort(add, key("host"), h, false)
+	}
+	if r.TLS != "" {
+		checkPolicy(add, key("tls"), r.TLS)
+	}
+	if (r.TLSCertFile == "") != (r.TLSKeyFile == "") {
+		add(key("tls_cert_file"), "tls_cert_file and tls_key_file go together")
+	} else if r.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(r.TLSCertFile, r.TLSKeyFile); err != nil {
+			add(key("tls_cert_file"), "client certificate: %v", err)
+		}
+	}
+	if r.TLSCAFile != "" {
+		if b, err := os.ReadFile(r.TLSCAFile); err != nil {
+			add(key("tls_ca_file"), "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			add(key("tls_ca_file"), "%s holds no PEM certificate", r.TLSCAFile)
+		}
+	}
+	pw := secretSources(add, key, "password", r.Password, r.PasswordFile, r.PasswordEnv)
+	if pw && r.Username == "" {
+		add(key("username"), "a password needs a username")
+	}
+	if r.OAuth.Configured() {
+		if pw {
+			add(key("oauth"), "set a password or OAuth, not both")
+		}
+		validateOAuth(add, func(k string) string { return key("oauth." + k) }, r.OAuth)
+		if !graph && r.Username == "" && r.OAuth.Subject == "" {
+			add(key("username"), "OAuth on SMTP needs the mailbox to send as (XOAUTH2 user=)")
+		}
+	} else if graph {
+		add(key("oauth"), "the graph transport needs an OAuth credential (provider: entra)")
+	}
+	if graph && r.OAuth.Provider != "" && r.OAuth.Provider != "entra" {
+		add(key("oauth.provider"), "the graph transport works with provider entra, got %q", r.OAuth.Provider)
+	}
+	if rl := r.RateLimit; rl.Messages < 0 || rl.RecipientsPerDay < 0 || rl.Connections < 0 {
+		add(key("rate_limit"), "limits cannot be negative")
+	} else if rl.Per != 0 && rl.Per.D() < time.Second {
+		add(key("rate_limit.per"), "must be at least 1s, got %s", rl.Per)
+	}
+}
+
+// validateOAuth checks an OAuth credential: the provider's required
+// settings, one source per secret, files that exist and parse.
+func validateOAuth(add func(string, string, ...any), key func(string) string, o OAuth) {
+	secret := secretSources(add, key, "client_secret", o.ClientSecret, o.ClientSecretFile, o.ClientSecretEnv)
+	cert := o.CertificateFile != "" || o.KeyFile != ""
+	if cert {
+		if o.CertificateFile == "" || o.KeyFile == "" {
+			add(key("certificate_file"), "certificate_file and key_file go together")
+		} else if _, err := tls.LoadX509KeyPair(o.CertificateFile, o.KeyFile); err != nil {
+			add(key("certificate_file"), "%v", err)
+		}
+	}
+	switch o.Provider {
+	case "entra":
+		if o.TenantID == "" {
+			add(key("tenant_id"), "Entra ID needs the tenant ID (Directory (tenant) ID in the app registration)")
+		}
+		if o.ClientID == "" {
+			add(key("client_id"), "Entra ID needs the client ID (Application (client) ID)")
+		}
+		switch {
+		case secret && cert:
+			add(key("client_secret"), "set a client secret or a certificate, not both")
+		case !secret && !cert:
+			add(key("client_secret"), "Entra ID needs a client secret (client_secret, _file or _env) or a certificate (certificate_file and key_file)")
+		}
+	case "google":
+		if o.ServiceAccountFile == "" {
+			add(key("service_account_file"), "Google needs the service account's JSON key")
+		} else if err := checkServiceAccount(o.ServiceAccountFile); err != nil {
+			add(key("service_account_file"), "%v", err)
+		}
+		if secret || cert {
+			add(key("provider"), "google uses the service account key, not a client secret or certificate")
+		}
+	case "oauth2":
+		if o.TokenURL == "" {
+			add(key("token_url"), "needs the token endpoint")
+		}
+		if o.ClientID == "" {
+			add(key("client_id"), "needs the client ID")
+		}
+		if !secret {
+			add(key("client_secret"), "needs a client secret (client_secret, _file or _env)")
+		}
+	case "":
+		add(key("provider"), "must be entra, google or oauth2")
+	default:
+		add(key("provider"), "must be entra, google or oauth2, got %q", o.Provider)
+	}
+	for k, u := range map[string]string{"authority": o.Authority, "token_url": o.TokenURL} {
+		if u == "" {
+			continue
+		}
+		if pu, err := url.Parse(u); err != nil || pu.Scheme != "https" || pu.Host == "" {
+			add(key(k), "%q is not an https URL", u)
+		}
+	}
+}
+
+// secretSources checks that a secret comes from one place at most, and
+// that a file or variable named for it holds it; it reports whether the
+// secret is set.
+func secretSources(add func(string, string, ...any), key func(string) string, name, inline, file, env string) bool {
+	n := 0
+	for _, v := range []string{inline, file, env} {
+		if v != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		add(key(name), "given more than once (inline, %s_file, %s_env): set one", name, name)
+	}
+	if file != "" {
+		if b, err := os.ReadFile(file); err != nil {
+			add(key(name+"_file"), "%v", err)
+		} else if len(strings.TrimSpace(string(b))) == 0 {
+			add(key(name+"_file"), "%s is empty", file)
+		}
+	}
+	if env != "" && os.Getenv(env) == "" {
+		add(key(name+"_env"), "environment variable %s is not set", env)
+	}
+	return n > 0
+}
+
+// checkServiceAccount reads a Google service account key far enough to
+// know it is one.
+func checkServiceAccount(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var sa struct {
+		Type        string `json:"type"`
+		ClientEmail string `json:"client_email"`
+		PrivateKey  string `json:"private_key"`
+	}
+	if err := json.Unmarshal(b, &sa); err != nil {
+		return fmt.Errorf("%s is not a JSON key: %v", path, err)
+	}
+	if sa.Type != "service_account" || sa.ClientEmail == "" || sa.PrivateKey == "" {
+		return fmt.Errorf("%s is not a service account key (type, client_email, private_key)", path)
+	}
+	return nil
 }
 
 // ParseNetwork parses a relay_networks entry: a CIDR or a single address.

@@ -26,6 +26,8 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_delivery_latency_seconds":      true,
 	"jetrelay_dead_letters_total":            false,
 	"jetrelay_delivery_bytes_total":          false,
+	"jetrelay_outbound_auth_ok":              false,
+	"jetrelay_outbound_auth_failures_total":  false,
 	"jetrelay_queue_ready":                   false,
 	"jetrelay_queue_in_flight":               false,
 	"jetrelay_queue_scheduled_retries":       false,
@@ -42,7 +44,7 @@ var metricName = regexp.MustCompile(`\bjetrelay_[a-z0-9_]+`)
 func TestMetricListMatchesSource(t *testing.T) {
 	src := map[string]bool{}
 	quoted := regexp.MustCompile(`"(jetrelay_[a-z0-9_]+)"`)
-	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "broker/metrics.go"} {
+	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "delivery/health.go", "broker/metrics.go"} {
 		for _, m := range quoted.FindAllStringSubmatch(string(readFile(t, filepath.Join(repoRoot(t), filepath.FromSlash(f)))), -1) {
 			src[m[1]] = true
 		}
