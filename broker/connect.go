@@ -53,6 +53,7 @@ type Client struct {
 	dlq     jetstream.Stream
 	bodies  jetstream.ObjectStore
 	refs    jetstream.KeyValue
+	rates   jetstream.KeyValue
 	maxData int // largest inline body that fits a message with its envelope
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests

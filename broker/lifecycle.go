@@ -62,6 +62,9 @@ type Outcome struct {
 	Delivered []contracts.Recipient
 	// Retries are the groups of recipients to try again, each at its time.
 	Retries []Retry
+	// Postponed are groups of recipients that were not attempted (a
+	// route's rate limit) and go out later, as the same attempt.
+	Postponed []Postpone
 	// Dead are the recipients given up on, if any.
 	Dead *Dead
 	// Notices are delivery status notifications to queue (jobs with
@@ -76,6 +79,13 @@ type Retry struct {
 	Record contracts.AttemptRecord // this attempt, for the retry's history
 	// DelayNotified: a delay warning was sent for these recipients.
 	DelayNotified bool
+}
+
+// Postpone is a group of recipients that waits without an attempt.
+type Postpone struct {
+	Rcpts  []contracts.Recipient
+	At     time.Time
+	Reason string // shown by queue list and queue show
 }
 
 // Dead are recipients given up on.
@@ -100,11 +110,18 @@ type Notice struct {
 // retries, the dead letter, the notices, and last this job's hold on the
 // body. Each write is retried while the broker is unavailable.
 func (c *Client) record(ctx context.Context, j *contracts.Job, inline []byte, o Outcome, now time.Time) error {
-	retries := make([]*contracts.Job, len(o.Retries))
-	for i, r := range o.Retries {
+	type later struct {
+		job *contracts.Job
+		at  time.Time
+	}
+	var retries []later
+	for _, r := range o.Retries {
 		nj := j.Retry(r.Rcpts, r.Record, o.Delivered)
 		nj.DelayNotified = nj.DelayNotified || r.DelayNotified
-		retries[i] = nj
+		retries = append(retries, later{nj, r.At})
+	}
+	for _, p := range o.Postponed {
+		retries = append(retries, later{j.Postpone(p.Rcpts, p.Reason, o.Delivered), p.At})
 	}
 	var dl *contracts.DeadLetter
 	if d := o.Dead; d != nil {
@@ -114,7 +131,7 @@ func (c *Client) record(ctx context.Context, j *contracts.Job, inline []byte, o 
 	if object != "" {
 		var holders []string
 		for _, r := range retries {
-			holders = append(holders, r.JobID())
+			holders = append(holders, r.job.JobID())
 		}
 		if dl != nil {
 			holders = append(holders, dlHolder(dl.ID))
@@ -125,9 +142,8 @@ func (c *Client) record(ctx context.Context, j *contracts.Job, inline []byte, o 
 			}
 		}
 	}
-	for i, r := range retries {
-		at := o.Retries[i].At
-		if err := retrying(ctx, func(ctx context.Context) error { return c.schedule(ctx, r, inline, at) }); err != nil {
+	for _, r := range retries {
+		if err := retrying(ctx, func(ctx context.Context) error { return c.schedule(ctx, r.job, inline, r.at) }); err != nil {
 			return err
 		}
 	}

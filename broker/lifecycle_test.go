@@ -243,3 +243,93 @@ func TestLeaseKeptAlive(t *testing.T) {
 	}
 	queueSettles(t, c, "the job is still queued", QueueState.Empty)
 }
+
+// TakeQuota never lets more than the limit through in any window, from
+// many workers at once, and says when the next unit frees up; AcquireSlot
+// holds at most its limit, and a slot whose holder died is taken over.
+func TestRateLimits(t *testing.T) {
+	c := provisioned(t)
+	ctx := context.Background()
+	const limit, window = 10, 2 * time.Second
+	var mu sync.Mutex
+	var taken []time.Time
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(3 * window)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				now := time.Now()
+				ok, next, err := c.TakeQuota(ctx, "route:corp.example.messages", 1, limit, window, now)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if ok {
+					mu.Lock()
+					taken = append(taken, now)
+					mu.Unlock()
+					continue
+				}
+				if !next.After(now) {
+					t.Errorf("refused, next %v is not later than now %v", next, now)
+					return
+				}
+				select {
+				case <-time.After(time.Until(next)):
+				case <-time.After(time.Until(deadline)):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(taken, func(a, b time.Time) int { return a.Compare(b) })
+	if len(taken) < 2*limit {
+		t.Fatalf("only %d units in %s with a limit of %d per %s", len(taken), 3*window, limit, window)
+	}
+	for i := range taken {
+		n := 0
+		for j := i; j < len(taken) && taken[j].Sub(taken[i]) < window; j++ {
+			n++
+		}
+		if n > limit {
+			t.Fatalf("%d units within %s from %v (limit %d)", n, window, taken[i], limit)
+		}
+	}
+	// A request above the limit passes alone in an empty window.
+	if ok, _, err := c.TakeQuota(ctx, "big", 50, limit, window, time.Now()); !ok || err != nil {
+		t.Fatalf("a large request in an empty window: %v %v", ok, err)
+	}
+	if ok, _, _ := c.TakeQuota(ctx, "big", 1, limit, window, time.Now()); ok {
+		t.Fatal("more after a large request in the same window")
+	}
+
+	s1, ok1, err1 := c.AcquireSlot(ctx, "route:x", 2, time.Minute)
+	s2, ok2, err2 := c.AcquireSlot(ctx, "route:x", 2, time.Minute)
+	_, ok3, err3 := c.AcquireSlot(ctx, "route:x", 2, time.Minute)
+	if !ok1 || !ok2 || ok3 || err1 != nil || err2 != nil || err3 != nil {
+		t.Fatalf("slots: %v %v %v (%v %v %v)", ok1, ok2, ok3, err1, err2, err3)
+	}
+	s1.Release()
+	s3, ok, err := c.AcquireSlot(ctx, "route:x", 2, time.Minute)
+	if !ok || err != nil {
+		t.Fatalf("a released slot is not free: %v", err)
+	}
+	s2.Release()
+	s3.Release()
+	// A holder that dies leaves its slot until it expires.
+	dead, ok, _ := c.AcquireSlot(ctx, "route:y", 1, 300*time.Millisecond)
+	if !ok {
+		t.Fatal("no slot")
+	}
+	close(dead.stop) // stops renewing, as a process that died would
+	<-dead.stopped
+	eventually(t, 5*time.Second, func() bool {
+		s, ok, _ := c.AcquireSlot(ctx, "route:y", 1, time.Minute)
+		if ok {
+			s.Release()
+		}
+		return ok
+	}, "the slot of a dead holder was not taken over")
+}

@@ -292,6 +292,20 @@ func (c *Client) provision(ctx context.Context, s Settings) error {
 			}
 			return err
 		}},
+		{"key-value " + contracts.BucketRates, func(ctx context.Context) error {
+			kv, err := c.ensureKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      contracts.BucketRates,
+				Description: "jetrelay: rate-limit counters and concurrency slots of the routes",
+				History:     1,
+				TTL:         48 * time.Hour, // the longest window is a day
+				Storage:     jetstream.FileStorage,
+				Replicas:    s.Replicas,
+			})
+			if err == nil {
+				c.rates = kv
+			}
+			return err
+		}},
 	}...)
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {

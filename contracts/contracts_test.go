@@ -355,6 +355,14 @@ func TestDerivedJobs(t *testing.T) {
 	if d.Job.Rcpts[0].LastReply == nil || d.Job.Attempt != 3 {
 		t.Fatal("Replay changed the dead letter")
 	}
+	w := retry.Postpone(retry.Rcpts, "rate limit", delivered)
+	if w.Attempt != retry.Attempt || w.Waiting != "rate limit" || len(w.History) != len(retry.History) || !strings.HasSuffix(w.Part, "w") ||
+		w.JobID() == retry.JobID() || retry.Postpone(retry.Rcpts, "rate limit", delivered).JobID() != w.JobID() {
+		t.Fatalf("postponed %+v", w)
+	}
+	if again := w.Retry(w.Rcpts, rec, nil); again.Waiting != "" || again.Attempt != retry.Attempt+1 {
+		t.Fatalf("a retry of a postponed job still waits: %+v", again)
+	}
 	var many []Recipient
 	for i := 0; i < MaxDone+10; i++ {
 		many = append(many, Recipient{Addr: fmt.Sprintf("r%d@x", i)})

@@ -21,6 +21,7 @@ func (j *Job) Retry(rcpts []Recipient, rec AttemptRecord, delivered []Recipient)
 	nj.Rcpts = append([]Recipient(nil), rcpts...)
 	nj.Part = PartOf(j.JobID(), j.Attempt, nj.Rcpts)
 	nj.Attempt = j.Attempt + 1
+	nj.Waiting = ""
 	nj.LastError = nil
 	if len(rcpts) > 0 {
 		nj.LastError = rcpts[0].LastReply
@@ -31,12 +32,28 @@ func (j *Job) Retry(rcpts []Recipient, rec AttemptRecord, delivered []Recipient)
 	return &nj
 }
 
+// Postpone derives the job that takes rcpts to a later time without an
+// attempt (a route's rate limit was reached): the same attempt number and
+// history, a part of its own (PartOf plus "w": a new subject, so nothing
+// done to this job's subject can touch it), Waiting set to reason.
+func (j *Job) Postpone(rcpts []Recipient, reason string, delivered []Recipient) *Job {
+	nj := *j
+	nj.Version = 0
+	nj.Rcpts = append([]Recipient(nil), rcpts...)
+	nj.Part = PartOf(j.JobID(), j.Attempt, nj.Rcpts) + "w"
+	nj.Waiting = reason
+	nj.History = append([]AttemptRecord(nil), j.History...)
+	nj.Done = appendDone(j.Done, delivered)
+	return &nj
+}
+
 // DeadLetter derives the dead letter of rcpts (each with its LastReply)
 // given up at j's attempt. records are this attempt's records, added to
 // the history; delivered are the recipients this attempt delivered.
 func (j *Job) DeadLetter(reason, detail string, rcpts []Recipient, last *Reply, tried []string, records []AttemptRecord, delivered []Recipient, at time.Time) *DeadLetter {
 	dj := *j
 	dj.Version = 0
+	dj.Waiting = ""
 	dj.Rcpts = append([]Recipient(nil), rcpts...)
 	dj.History = append([]AttemptRecord(nil), j.History...)
 	for _, r := range records {
@@ -83,6 +100,7 @@ func (d *DeadLetter) Replay(at time.Time, route string) *Job {
 	nj.Attempt = 1
 	nj.FirstSeen = at.UTC()
 	nj.LastError = nil
+	nj.Waiting = ""
 	nj.DelayNotified = false
 	nj.Route = route
 	nj.History = append([]AttemptRecord(nil), d.Job.History...)

@@ -61,6 +61,9 @@ type Job struct {
 	ReplayCount int    `json:"replay_count,omitempty"`
 	// DelayNotified is set once a delay-warning DSN was sent for this job.
 	DelayNotified bool `json:"delay_notified,omitempty"`
+	// Waiting says why the job waits without an attempt having failed
+	// (a route's rate limit), for `queue list` and `queue show`.
+	Waiting string `json:"waiting,omitempty"`
 	// Done lists the recipients of the message that earlier attempts
 	// delivered, each with the reply that accepted it (LastReply), carried
 	// forward with the recipients still to go so that the message's whole

@@ -23,6 +23,10 @@ const (
 	// BucketBodyRefs is the key-value bucket that records, per body object,
 	// which jobs and dead letters still need it.
 	BucketBodyRefs = "MAILREFS"
+	// BucketRates is the key-value bucket of the routes' rate limits: a
+	// counter per route and window, and a slot per concurrent delivery,
+	// shared by every worker.
+	BucketRates = "MAILRATE"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"

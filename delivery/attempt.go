@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
@@ -16,6 +17,10 @@ type group struct {
 	rcpts    []contracts.Recipient
 	report   *Report
 	verdicts []Verdict
+	// postponed: the route's rate limit held the group back until then
+	// (no report, no verdicts), for waitReason.
+	postponed  time.Time
+	waitReason string
 }
 
 // attempt delivers a job to each of its destinations, concurrently when
@@ -36,6 +41,14 @@ func (w *Worker) attempt(ctx context.Context, l *broker.Lease) []*group {
 	}
 	open := func() (io.ReadCloser, error) { return l.OpenBody(ctx) }
 	run := func(g *group) {
+		if g.dest.Limit.active() {
+			release, wait, reason := w.admit(ctx, g)
+			if !wait.IsZero() {
+				g.postponed, g.waitReason = wait, reason
+				return
+			}
+			defer release()
+		}
 		req := &Request{Job: job, Rcpts: g.rcpts, Dest: g.dest, Body: open}
 		g.report = w.transportFor(g.dest).Deliver(ctx, req)
 		g.verdicts = make([]Verdict, len(g.rcpts))

@@ -82,7 +82,7 @@ func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open fun
 		}
 	}
 	for _, g := range groups {
-		if g.report.ReportsSuccess {
+		if g.report == nil || g.report.ReportsSuccess {
 			continue
 		}
 		for i, v := range g.verdicts {

@@ -57,7 +57,7 @@ func newAuthHealth(reg prometheus.Registerer, log zerolog.Logger) *authHealth {
 // authentication: a failure flagged by the funnel, or a reply from past
 // the login (the next hop took our credentials).
 func (h *authHealth) observe(g *group) {
-	if !g.dest.authenticates() {
+	if !g.dest.authenticates() || g.report == nil {
 		return
 	}
 	for i, v := range g.verdicts {

@@ -11,6 +11,15 @@ import (
 // delivery log) and counts it.
 func (w *Worker) logAttempt(job *contracts.Job, groups []*group, p *plan, log zerolog.Logger) {
 	for _, g := range groups {
+		if g.report == nil {
+			rcpts := zerolog.Arr()
+			for _, r := range g.rcpts {
+				rcpts.Str(r.Addr)
+			}
+			log.Info().Str("domain", g.dest.Domain).Str("route", g.dest.Key).Array("rcpts", rcpts).
+				Str("reason", g.waitReason).Time("next_attempt", g.postponed).Msg("postponed")
+			continue
+		}
 		result := g.result()
 		ev := log.Info()
 		if result != contracts.ResultDelivered {

@@ -30,6 +30,9 @@ func (w *Worker) plan(job *contracts.Job, groups []*group, open func() (io.ReadC
 	reason := ""
 	bodyMissing := false
 	for _, g := range groups {
+		if g.report == nil {
+			continue
+		}
 		tried = append(tried, g.report.Tried...)
 		for _, v := range g.verdicts {
 			bodyMissing = bodyMissing || v.Reason == contracts.ReasonBodyMissing
@@ -37,6 +40,19 @@ func (w *Worker) plan(job *contracts.Job, groups []*group, open func() (io.ReadC
 	}
 	expiry := job.FirstSeen.Add(w.opts.MaxAge)
 	for _, g := range groups {
+		if !g.postponed.IsZero() {
+			if g.postponed.After(expiry) {
+				for _, r := range g.rcpts {
+					r.LastReply = &contracts.Reply{Code: 451, Enhanced: "4.4.7", Text: "delivery time expired: " + g.waitReason}
+					last = r.LastReply
+					dead = append(dead, r)
+				}
+				reason = worse(reason, contracts.ReasonExpired)
+				continue
+			}
+			p.outcome.Postponed = append(p.outcome.Postponed, broker.Postpone{Rcpts: g.rcpts, At: g.postponed, Reason: g.waitReason})
+			continue
+		}
 		var deferred []contracts.Recipient
 		var hint time.Time
 		died := false

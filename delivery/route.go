@@ -69,6 +69,8 @@ type Route struct {
 	Tokens oauth.Source
 	// Transport delivers to this route (nil: SMTP to Hosts).
 	Transport Transport
+	// Limit spreads the route's mail out (shared by every worker).
+	Limit RateLimit
 }
 
 // authenticates reports whether the route has credentials.

@@ -220,7 +220,9 @@ func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
 // routeOptions maps one smart host or route; key names a setting for
 // errors.
 func routeOptions(r config.Route, key func(string) string) (delivery.Route, error) {
-	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName}
+	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
+		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
+			Connections: r.RateLimit.Connections}}
 	if r.Host != "" {
 		rt.Hosts = append(rt.Hosts, r.Host)
 	}

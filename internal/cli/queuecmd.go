@@ -41,8 +41,12 @@ func newQueueListCmd(g *globals) *cobra.Command {
 						if j.NextAttempt != nil {
 							next = ago(*j.NextAttempt, l.now)
 						}
+						last := j.LastError
+						if j.Waiting != "" {
+							last = j.Waiting
+						}
 						l.out.row(j, j.QueueID, j.State, ago(j.ReceivedAt, l.now), strconv.Itoa(j.Attempt), next, orDash(j.From),
-							rcptList(e.Job.Rcpts), orDash(short(j.LastError, 70)))
+							rcptList(e.Job.Rcpts), orDash(short(last, 70)))
 						return true
 					})
 				},

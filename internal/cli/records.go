@@ -31,6 +31,7 @@ type JobJSON struct {
 	Attempt     int                       `json:"attempt"`
 	NextAttempt *time.Time                `json:"next_attempt,omitempty"`
 	LastError   string                    `json:"last_error,omitempty"`
+	Waiting     string                    `json:"waiting,omitempty"` // why it waits without a failed attempt (a rate limit)
 	ReplayOf    string                    `json:"replay_of,omitempty"`
 	ReplayCount int                       `json:"replay_count,omitempty"`
 	History     []contracts.AttemptRecord `json:"history,omitempty"` // queue show only
@@ -100,6 +101,7 @@ func jobJSON(e *queuectl.Entry, now time.Time, withHistory bool) JobJSON {
 	}
 	j.Done = rcptsJSON(job.Done)
 	j.LastError = job.LastError.String()
+	j.Waiting = job.Waiting
 	if withHistory {
 		j.History = job.History
 	}

@@ -178,7 +178,10 @@ func printMessage(w io.Writer, m *message, now time.Time) {
 	}
 	for _, e := range m.jobs {
 		state := "ready (or being delivered)"
-		if e.Scheduled {
+		switch {
+		case e.Scheduled && e.Job.Waiting != "":
+			state = e.Job.Waiting + ", next try " + ago(e.NextAt, now) + " (" + e.NextAt.Local().Format("15:04:05") + ")"
+		case e.Scheduled:
 			state = "scheduled, next attempt " + ago(e.NextAt, now) + " (" + e.NextAt.Local().Format("15:04:05") + ")"
 		}
 		for _, r := range e.Job.Rcpts {

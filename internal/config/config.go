@@ -300,10 +300,10 @@ type Graph struct {
 }
 
 // RateLimit spreads a route's mail out instead of hitting a provider's
-// limits: at most Messages per Per (default 1m), RecipientsPerDay
-// recipients per UTC day, and Connections deliveries at once, all counted
-// across every worker through the broker. A message over a limit waits in
-// the queue for the next window. 0: no limit.
+// limits: at most Messages in any window of Per (default 1m),
+// RecipientsPerDay recipients in any 24 hours, and Connections deliveries
+// at once, all counted across every worker through the broker. A message
+// over a limit waits in the queue until it fits. 0: no limit.
 type RateLimit struct {
 	Messages         int      `yaml:"messages"`
 	Per              Duration `yaml:"per"`
