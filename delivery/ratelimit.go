@@ -20,7 +20,9 @@ type RateLimit struct {
 	Connections      int           // deliveries at once
 }
 
-func (l RateLimit) active() bool { return l.Messages > 0 || l.RecipientsPerDay > 0 || l.Connections > 0 }
+func (l RateLimit) active() bool {
+	return l.Messages > 0 || l.RecipientsPerDay > 0 || l.Connections > 0
+}
 
 // slotWait is how long a group waits for a free connection slot before it
 // is postponed; slotTTL how long a slot outlives a holder that died.
