@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"sync"
@@ -560,5 +561,70 @@ func TestStaleCachedConnection(t *testing.T) {
 	}
 	if n := sink.Connections(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+// A smart host whose certificate comes from a private CA is reachable
+// with the route's CA file and refused, with a clear TLS error, without
+// it; the certificate's name can be set apart from the host dialled; and
+// a smart host that wants a client certificate (mutual TLS) gets the
+// route's.
+func TestSmarthostTrustSettings(t *testing.T) {
+	pki := testenv.NewPKI(t, "mail.corp.test")
+	clientCert, clientKey, _ := pki.Issue(t, "relay-client")
+	mtls := pki.ServerConfig()
+	mtls.ClientAuth = tls.RequireAndVerifyClientCert
+	mtls.ClientCAs = pki.Pool
+	cases := []struct {
+		name       string
+		sinkTLS    *tls.Config
+		ca         bool
+		serverName string
+		clientCert bool
+		wantErr    string // "" delivered; else the deferral's text contains this
+	}{
+		{"private CA from the route's CA file", pki.ServerConfig(), true, "", false, ""},
+		{"private CA unknown without it", pki.ServerConfig(), false, "", false, "certificate signed by unknown authority"},
+		{"server name set apart", pki.ServerConfig(), true, "mail.corp.test", false, ""},
+		{"server name the certificate does not carry", pki.ServerConfig(), true, "wrong.example", false, "wrong.example"},
+		{"mutual TLS", mtls, true, "", true, ""},
+		{"mutual TLS without a client certificate", mtls, true, "", false, "TLS"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := testenv.NewSink(t, testenv.SinkOptions{TLS: tc.sinkTLS})
+			cfg := smarthostConfig(t, sink)
+			cfg.Delivery.SmarthostTLS = "required"
+			if tc.ca {
+				cfg.Delivery.SmarthostTLSCAFile = pki.CAFile(t)
+			}
+			cfg.Delivery.SmarthostTLSServerName = tc.serverName
+			if tc.clientCert {
+				cfg.Delivery.SmarthostTLSCertFile, cfg.Delivery.SmarthostTLSKeyFile = clientCert, clientKey
+			}
+			relay := testenv.StartRelay(t, cfg, app.Options{}) // trust only what the route says
+			if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "app@client.test", To: []string{"ops@example.test"}, Data: testenv.RFC5322(tc.name, testenv.Body(100))}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantErr == "" {
+				if m := sink.WaitFor(t, 1, 30*time.Second)[0]; !m.TLS {
+					t.Fatal("delivered without TLS")
+				}
+				return
+			}
+			var last string
+			testenv.Eventually(t, 30*time.Second, func() bool {
+				for _, q := range queued(t, relay) {
+					if q.Scheduled && q.Job.LastError != nil {
+						last = q.Job.LastError.String()
+						return q.Job.LastError.Enhanced == "4.7.5" && strings.Contains(last, tc.wantErr)
+					}
+				}
+				return false
+			}, "not deferred with a TLS error naming %q (last error %q)", tc.wantErr, &last)
+			if n := len(sink.Messages()); n != 0 {
+				t.Fatalf("delivered %d messages without the trust it needs", n)
+			}
+		})
 	}
 }
