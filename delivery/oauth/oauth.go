@@ -9,13 +9,27 @@
 // Invariants:
 //
 //   - A Source caches its token and fetches a new one before the cached
-//     one expires; concurrent callers share one fetch.
+//     one expires (5 minutes before, or a fifth of the lifetime for
+//     short-lived tokens); concurrent callers share one fetch. A token
+//     is never returned at or after the expiry the endpoint gave it
+//     (counted from when the request was sent; no expires_in: one hour).
+//   - If the early refresh fails, the cached token is still returned
+//     while it is valid, so that a token endpoint outage costs nothing
+//     until the token actually expires.
+//   - A failed fetch is remembered briefly (a second, or the endpoint's
+//     Retry-After up to a minute) and shared: a down endpoint is not
+//     hammered, and a fixed one is used again soon.
+//   - A caller's context bounds its wait, not the shared fetch; a fetch
+//     nobody waits for any more is cancelled, and every fetch is bounded
+//     by the provider's Timeout.
 //   - Invalidate drops a token a server refused, so that the next Token
 //     fetches a fresh one (the caller retries once, never in a loop).
 //   - Every failure is an *Error that says whether it is temporary (the
 //     token endpoint down, slow or overloaded: try again later) or not
 //     (the credential or its setup is wrong: an operator must act), names
-//     the provider and the HTTP status, and never contains a secret.
+//     the provider and the HTTP status, and never contains a secret (nor
+//     an assertion, a private key or a token, even when the endpoint
+//     quotes them back). Error.Advice says what an administrator can do.
 package oauth
 
 import (
@@ -58,9 +72,17 @@ type Error struct {
 	Code, Description string
 	// Temporary: the endpoint could not be reached, timed out, or answered
 	// 5xx or 429; the same request may succeed later. Otherwise the
-	// credential, the tenant, the consent or the scope is wrong.
+	// credential, the tenant, the consent or the scope is wrong (or the
+	// endpoint's TLS certificate does not verify).
 	Temporary bool
-	// Err is the underlying error, if any.
+	// ErrorCodes are Entra's numeric error codes (error_codes: 7000215
+	// for AADSTS7000215), if the endpoint sent any.
+	ErrorCodes []int
+	// RetryAfter is the wait the endpoint asked for (Retry-After on a
+	// 429 or 503), if any.
+	RetryAfter time.Duration
+	// Err is the underlying error, if any (never one that carries a
+	// secret, an assertion or a token).
 	Err error
 }
 
