@@ -57,6 +57,9 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// Timeouts for outbound SMTP (zero: RFC 5321 defaults).
 	Timeouts delivery.Timeouts
+	// HTTPClient reaches OAuth token endpoints and the Graph API (nil: a
+	// client with the system's roots).
+	HTTPClient *http.Client
 }
 
 // App is a running process.

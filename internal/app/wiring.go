@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery"
+	"github.com/jetrelay/jetrelay/delivery/oauth"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
@@ -165,7 +167,7 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 
 // NewWorker builds a delivery worker from the configuration.
 func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg prometheus.Registerer, o Options) (*delivery.Worker, error) {
-	ro, err := RouterOptions(cfg)
+	ro, err := RouterOptions(cfg, o, log)
 	if err != nil {
 		return nil, err
 	}
@@ -198,19 +200,28 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 }
 
 // RouterOptions maps the configuration's smart host, routes and MX
-// settings into delivery's, reading the secret and certificate files.
-func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
+// settings into delivery's, reading the secret and certificate files and
+// building each route's OAuth token source and transport.
+func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.RouterOptions, error) {
 	dc := cfg.Delivery
 	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{}}
 	var err error
 	if ro.MXTLS, err = delivery.ParseTLSPolicy(dc.MXTLS); err != nil {
 		return ro, fmt.Errorf("delivery.mx_tls: %w", err)
 	}
-	if ro.Smarthost, err = routeOptions(dc.SmarthostRoute(), func(k string) string { return "delivery.smarthost_" + k }); err != nil {
-		return ro, err
+	hc := o.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 2 * time.Minute}
+	}
+	if sh := dc.SmarthostRoute(); len(sh.Hosts) > 0 || sh.Transport == "graph" {
+		if ro.Smarthost, err = routeOptions(sh, func(k string) string { return "delivery.smarthost_" + k }, hc, log); err != nil {
+			return ro, err
+		}
+	} else if ro.Smarthost.TLS, err = delivery.ParseTLSPolicy(dc.SmarthostTLS); err != nil {
+		return ro, fmt.Errorf("delivery.smarthost_tls: %w", err)
 	}
 	for dom, r := range dc.Routes {
-		if ro.Routes[dom], err = routeOptions(r, func(k string) string { return "delivery.routes." + dom + "." + k }); err != nil {
+		if ro.Routes[dom], err = routeOptions(r, func(k string) string { return "delivery.routes." + dom + "." + k }, hc, log); err != nil {
 			return ro, err
 		}
 	}
@@ -218,8 +229,8 @@ func RouterOptions(cfg *config.Config) (delivery.RouterOptions, error) {
 }
 
 // routeOptions maps one smart host or route; key names a setting for
-// errors.
-func routeOptions(r config.Route, key func(string) string) (delivery.Route, error) {
+// errors; hc reaches token endpoints and APIs.
+func routeOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
 	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
 		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
 			Connections: r.RateLimit.Connections}}
@@ -251,7 +262,63 @@ func routeOptions(r config.Route, key func(string) string) (delivery.Route, erro
 		}
 		rt.ClientCert = &cert
 	}
+	graph := r.Transport == "graph"
+	if r.OAuth.Configured() {
+		if rt.Tokens, err = TokenSource(r.OAuth, r.Username, graph, hc); err != nil {
+			return rt, fmt.Errorf("%s: %w", key("oauth"), err)
+		}
+	}
+	if graph {
+		return rt, fmt.Errorf("%s: the graph transport is not built into this binary", key("transport"))
+	}
 	return rt, nil
+}
+
+// TokenSource builds the OAuth token source of a route: username is the
+// mailbox (Google's default subject), graph says which Microsoft scope
+// is the default.
+func TokenSource(o config.OAuth, username string, graph bool, hc *http.Client) (oauth.Source, error) {
+	clientSecret, err := secret(o.ClientSecret, o.ClientSecretFile, o.ClientSecretEnv)
+	if err != nil {
+		return nil, fmt.Errorf("client secret: %w", err)
+	}
+	var scopes []string
+	if o.Scope != "" {
+		scopes = strings.Fields(o.Scope)
+	}
+	switch o.Provider {
+	case "entra":
+		eo := oauth.EntraOptions{Authority: o.Authority, TenantID: o.TenantID, ClientID: o.ClientID, Scope: o.Scope,
+			ClientSecret: clientSecret, HTTPClient: hc}
+		if eo.Scope == "" {
+			eo.Scope = oauth.ScopeExchangeOnline
+			if graph {
+				eo.Scope = oauth.ScopeGraph
+			}
+		}
+		if o.CertificateFile != "" {
+			if eo.CertificatePEM, err = os.ReadFile(o.CertificateFile); err != nil {
+				return nil, err
+			}
+			if eo.KeyPEM, err = os.ReadFile(o.KeyFile); err != nil {
+				return nil, err
+			}
+		}
+		return oauth.NewEntra(eo)
+	case "google":
+		key, err := os.ReadFile(o.ServiceAccountFile)
+		if err != nil {
+			return nil, err
+		}
+		subject := o.Subject
+		if subject == "" {
+			subject = username
+		}
+		return oauth.NewGoogle(oauth.GoogleOptions{KeyJSON: key, Subject: subject, Scopes: scopes, TokenURL: o.TokenURL, HTTPClient: hc})
+	case "oauth2":
+		return oauth.NewGeneric(oauth.GenericOptions{TokenURL: o.TokenURL, ClientID: o.ClientID, ClientSecret: clientSecret, Scopes: scopes, HTTPClient: hc})
+	}
+	return nil, fmt.Errorf("unknown provider %q", o.Provider)
 }
 
 // secret reads a secret given inline, in a file, or in an environment
