@@ -160,8 +160,10 @@ func (e errBackedOff) Error() string {
 	return "destination backed off after a recent failure: " + e.why
 }
 
-// errBodyRead: the message could not be read from the broker.
-var errBodyRead = errors.New("reading the message body failed")
+// ErrBodyRead wraps a failure to read the message from the broker (a
+// transport wraps it around the cause: broker.ErrBodyNotFound when the
+// body is gone, which dead-letters the message as body-missing).
+var ErrBodyRead = errors.New("reading the message body failed")
 
 // errNoReply: the next hop gave no reply for a recipient.
 var errNoReply = errors.New("no reply for this recipient")
@@ -231,7 +233,7 @@ func classify(r Result, host string) Verdict {
 		return classifyReply(re.Stage, &rep)
 	case errors.As(err, &ro):
 		return classifyRoute(ro)
-	case errors.Is(err, errBodyRead):
+	case errors.Is(err, ErrBodyRead):
 		if errors.Is(err, broker.ErrBodyNotFound) {
 			v := temp("4.3.0", "the message body is missing from the body store: "+err.Error())
 			v.Class, v.Reason = Failed, contracts.ReasonBodyMissing

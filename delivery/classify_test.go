@@ -74,8 +74,8 @@ func TestClassifyFunnel(t *testing.T) {
 		{"DNS failure", Result{Err: dnsError("a.example", "MX", &net.DNSError{Err: "server misbehaving", Name: "a.example", Server: "127.0.0.1:53"}), Stage: "route"}, Deferred, 451, "4.4.3", "", "server misbehaving", false, time.Time{}, false},
 		{"NXDOMAIN", Result{Err: dnsError("a.example", "MX", &net.DNSError{Err: "no such host", Name: "a.example", IsNotFound: true}), Stage: "route"}, Failed, 550, "5.1.2", contracts.ReasonRejected, "not found", false, time.Time{}, false},
 		// the body
-		{"body missing", Result{Err: fmt.Errorf("%w: %w", errBodyRead, broker.ErrBodyNotFound), Stage: "body"}, Failed, 554, "5.3.0", contracts.ReasonBodyMissing, "missing", false, time.Time{}, false},
-		{"body store unavailable", Result{Err: fmt.Errorf("%w: %w", errBodyRead, broker.ErrUnavailable), Stage: "body"}, Deferred, 451, "4.3.0", "", "could not read the message body", false, time.Time{}, false},
+		{"body missing", Result{Err: fmt.Errorf("%w: %w", ErrBodyRead, broker.ErrBodyNotFound), Stage: "body"}, Failed, 554, "5.3.0", contracts.ReasonBodyMissing, "missing", false, time.Time{}, false},
+		{"body store unavailable", Result{Err: fmt.Errorf("%w: %w", ErrBodyRead, broker.ErrUnavailable), Stage: "body"}, Deferred, 451, "4.3.0", "", "could not read the message body", false, time.Time{}, false},
 		// TLS and authentication policy
 		{"TLS required, not offered", Result{Err: &tlsError{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "does not offer STARTTLS", false, time.Time{}, false},
 		{"TLS required, handshake failed", Result{Err: &tlsError{host: "mx.example", offered: true, err: fmt.Errorf("%w: x509: unknown authority", errTLSFailed)}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "unknown authority", false, time.Time{}, false},

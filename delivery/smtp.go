@@ -532,7 +532,7 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 	body, err := env.body()
 	if err != nil {
 		c.close()
-		return nil, fmt.Errorf("%w: %w", errBodyRead, err)
+		return nil, fmt.Errorf("%w: %w", ErrBodyRead, err)
 	}
 	defer body.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
@@ -555,7 +555,7 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 		}
 		if rerr != nil {
 			c.close()
-			return nil, fmt.Errorf("%w: %w", errBodyRead, rerr)
+			return nil, fmt.Errorf("%w: %w", ErrBodyRead, rerr)
 		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.to.DataBlock))

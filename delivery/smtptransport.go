@@ -109,7 +109,7 @@ func (t *smtpTransport) transact(ctx context.Context, c *smtpConn, dest *Destina
 	if err != nil {
 		c.close()
 		switch {
-		case errors.Is(err, errBodyRead):
+		case errors.Is(err, ErrBodyRead):
 			rep.fill(Result{Err: err, Stage: "body"})
 			return true
 		case tx != nil && tx.final == nil && anyAccepted(tx):

@@ -246,13 +246,13 @@ func (t *Transport) prepare(req *delivery.Request, log zerolog.Logger) (body []b
 func (t *Transport) read(req *delivery.Request) ([]byte, error) {
 	rc, err := req.Body()
 	if err != nil {
-		return nil, fmt.Errorf("reading the message body failed: %w", err)
+		return nil, fmt.Errorf("%w: %w", delivery.ErrBodyRead, err)
 	}
 	defer rc.Close()
 	raw, err := readMessage(rc, req.Job.Body.Size, t.opts.MaxRequestBytes)
 	var tl *errTooLarge
 	if err != nil && !errors.As(err, &tl) {
-		return nil, fmt.Errorf("reading the message body failed: %w", err)
+		return nil, fmt.Errorf("%w: %w", delivery.ErrBodyRead, err)
 	}
 	return raw, err
 }
