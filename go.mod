@@ -39,3 +39,6 @@ require (
 	golang.org/x/net v0.60.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// go-smtp v0.26.0 with a small patch (third_party/README.md).
+replace github.com/emersion/go-smtp => ./third_party/go-smtp
