@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -55,6 +56,18 @@ type dataReader struct {
 	n       int64 // Maximum bytes remaining
 }
 
+// States of dataReader. Its state machine is taken from net/textproto with
+// only one modification to not rewrite CRLF -> LF: it elides leading dots
+// and detects the End-of-Data (<CR><LF>.<CR><LF>) line.
+const (
+	stateBeginLine = iota // beginning of line; initial state; must be zero
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .\r at beginning of line
+	stateCR               // read \r (possibly at end of line)
+	stateData             // reading data in middle of line
+	stateEOF              // reached .\r\n end marker line
+)
+
 func newDataReader(c *Conn) *dataReader {
 	dr := &dataReader{
 		r: c.text.R,
@@ -78,20 +91,31 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		}
 	}
 
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
 	for n < len(b) && r.state != stateEOF {
+		if r.state == stateData {
+			// In the middle of a line only \r changes the state: take
+			// everything up to it, or all that is buffered, at once
+			// instead of a byte at a time.
+			var buf []byte
+			buf, err = r.buffered()
+			if len(buf) == 0 {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				break
+			}
+			if i := bytes.IndexByte(buf, '\r'); i >= 0 {
+				buf = buf[:i+1]
+			}
+			k := copy(b[n:], buf)
+			r.r.Discard(k)
+			n += k
+			if b[n-1] == '\r' {
+				r.state = stateCR
+			}
+			continue
+		}
+
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {
@@ -129,10 +153,6 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 				break
 			}
 			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
 		}
 		b[n] = c
 		n++
@@ -145,4 +165,15 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		r.n -= int64(n)
 	}
 	return
+}
+
+// buffered returns the bytes buffered in r.r, reading more first if there
+// are none.
+func (r *dataReader) buffered() ([]byte, error) {
+	if r.r.Buffered() == 0 {
+		if _, err := r.r.Peek(1); err != nil {
+			return nil, err
+		}
+	}
+	return r.r.Peek(r.r.Buffered())
 }
