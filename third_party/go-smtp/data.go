@@ -84,7 +84,10 @@ func newDataReader(c *Conn) *dataReader {
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	if r.limited {
 		if r.n <= 0 {
-			return 0, ErrDataTooLarge
+			// The message has MaxMessageBytes already. It is not too
+			// large if what follows is the End-of-Data line, which is
+			// not part of it.
+			return 0, r.readEnd()
 		}
 		if int64(len(b)) > r.n {
 			b = b[0:r.n]
@@ -176,4 +179,32 @@ func (r *dataReader) buffered() ([]byte, error) {
 		}
 	}
 	return r.r.Peek(r.r.Buffered())
+}
+
+// readEnd reads the rest of the End-of-Data line once the message has
+// MaxMessageBytes: io.EOF if that is what follows, ErrDataTooLarge if a
+// byte of the message follows instead (it is left unread, in the state it
+// came in, so reading on without the limit continues with it).
+func (r *dataReader) readEnd() error {
+	for r.state != stateEOF {
+		c, err := r.r.ReadByte()
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		switch {
+		case r.state == stateBeginLine && c == '.':
+			r.state = stateDot
+		case r.state == stateDot && c == '\r':
+			r.state = stateDotCR
+		case r.state == stateDotCR && c == '\n':
+			r.state = stateEOF
+		default:
+			r.r.UnreadByte()
+			return ErrDataTooLarge
+		}
+	}
+	return io.EOF
 }

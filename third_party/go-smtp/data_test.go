@@ -12,7 +12,8 @@ import (
 
 // refDataReader is dataReader.Read as released in go-smtp v0.26.0: it
 // undoes dot-stuffing a byte at a time. dataReader must give the same
-// results, read for read.
+// results, read for read, except that a message of exactly MaxMessageBytes
+// is accepted.
 type refDataReader struct {
 	r     *bufio.Reader
 	state int
@@ -171,6 +172,11 @@ func (dc dataCase) unstuffed() ([]byte, error) {
 // the same connection and the same reads, and fails t where they differ:
 // the bytes and error of every Read, the state, what a drain after the
 // backend's last read returns, and what is left on the connection.
+//
+// With a limit (MaxMessageBytes) the released reader refuses a message of
+// exactly the limit; dataReader reads the End-of-Data line instead and
+// accepts it. Everything else, and the drain after a refusal, must be the
+// same.
 func compareData(t *testing.T, dc dataCase, limit int64) {
 	t.Helper()
 	full, fullErr := dc.unstuffed()
@@ -193,6 +199,20 @@ func compareData(t *testing.T, dc dataCase, limit int64) {
 		var gn int
 		gn, gerr = got.Read(gb)
 		out = append(out, gb[:gn]...)
+		if rn == 0 && rerr == ErrDataTooLarge && ref.limited && ref.n <= 0 {
+			// The released reader's budget is spent before it reads on.
+			var want error
+			switch {
+			case int64(len(full)) > limit:
+				want = ErrDataTooLarge
+			default:
+				want = fullErr // io.EOF: exactly the limit, accepted
+			}
+			if gn != 0 || gerr != want {
+				fail("read %d: %d bytes, %v; want 0 bytes, %v (message of %d bytes, %v)", i, gn, gerr, want, len(full), fullErr)
+			}
+			break
+		}
 		if rn != gn || !bytes.Equal(rb[:rn], gb[:gn]) || rerr != gerr {
 			fail("read %d of %d bytes:\nreleased %q, %v\npatched  %q, %v", i, size, rb[:rn], rerr, gb[:gn], gerr)
 		}
@@ -290,6 +310,34 @@ func TestDataReader(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// A message of exactly the limit is accepted, one byte more is not; the
+// limit counts the message as the backend reads it (dot-stuffing undone).
+func TestDataReaderLimit(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		limit int64
+		want  string
+		err   error
+	}{
+		{"abc\r\n.\r\n", 5, "abc\r\n", io.EOF},
+		{"abc\r\n.\r\n", 4, "abc\r", ErrDataTooLarge},
+		{"abc\r\n.\r\n", 6, "abc\r\n", io.EOF},
+		{"..abc\r\n.\r\n", 6, ".abc\r\n", io.EOF},
+		{"..abc\r\n.\r\n", 5, ".abc\r", ErrDataTooLarge},
+		{"abc\r\n.x\r\n.\r\n", 5, "abc\r\n", ErrDataTooLarge},
+		{"abc\r\n..\r\n.\r\n", 5, "abc\r\n", ErrDataTooLarge},
+		{"abc\r\n.\rx\r\n.\r\n", 5, "abc\r\n", ErrDataTooLarge},
+		{"abc\r\n.\r", 5, "abc\r\n", io.ErrUnexpectedEOF},
+		{".\r\n", 1, "", io.EOF},
+	} {
+		r := &dataReader{r: bufio.NewReader(strings.NewReader(tc.in)), limited: true, n: tc.limit}
+		got, err := drain(r)
+		if string(got) != tc.want || err != tc.err {
+			t.Errorf("%q with a limit of %d: %q, %v; want %q, %v", tc.in, tc.limit, got, err, tc.want, tc.err)
 		}
 	}
 }
