@@ -35,11 +35,11 @@ type Conn struct {
 	locker     sync.Mutex
 	binarymime bool
 
-	lineLimitReader *lineLimitReader
-	bdatPipe        *io.PipeWriter
-	bdatStatus      *statusCollector // used for BDAT on LMTP
-	dataResult      chan error
-	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	lineErr       error // ErrTooLongLine: the rest of a command line is unread
+	bdatPipe      *io.PipeWriter
+	bdatStatus    *statusCollector // used for BDAT on LMTP
+	dataResult    chan error
+	bytesReceived int64 // counts total size of chunks when BDAT is used
 
 	fromReceived bool
 	recipients   []string
@@ -57,16 +57,12 @@ func newConn(c net.Conn, s *Server) *Conn {
 }
 
 func (c *Conn) init() {
-	c.lineLimitReader = &lineLimitReader{
-		R:         c.conn,
-		LineLimit: c.server.MaxLineLength,
-	}
 	rwc := struct {
 		io.Reader
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.lineLimitReader,
+		Reader: c.conn,
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -1077,11 +1073,6 @@ func (c *Conn) handleBdat(arg string) {
 		}()
 	}
 
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
-
 	chunk := io.LimitReader(c.text.R, int64(size))
 	_, err = io.Copy(c.bdatPipe, chunk)
 	if err != nil {
@@ -1328,13 +1319,22 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 
 // Reads a line of input
 func (c *Conn) readLine() (string, error) {
+	if c.lineErr != nil {
+		return "", c.lineErr
+	}
 	if c.server.ReadTimeout != 0 {
 		if err := c.conn.SetReadDeadline(time.Now().Add(c.server.ReadTimeout)); err != nil {
 			return "", err
 		}
 	}
 
-	return c.text.ReadLine()
+	line, err := readLimitedLine(c.text.R, c.server.MaxLineLength)
+	if err == ErrTooLongLine {
+		// The rest of the line is still unread: it must not be taken
+		// for a command.
+		c.lineErr = err
+	}
+	return line, err
 }
 
 func (c *Conn) reset() {

@@ -34,7 +34,7 @@ type Server struct {
 	Domain            string
 	MaxRecipients     int
 	MaxMessageBytes   int64
-	MaxLineLength     int
+	MaxLineLength     int // command lines, line ending included; 0: no limit
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger

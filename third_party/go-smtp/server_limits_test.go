@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
-// Tests of MaxMessageBytes over a real connection.
+// Tests of MaxMessageBytes and MaxLineLength, and of DATA through the
+// line-at-a-time reader, over a real connection.
 
 var errRefused = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Refused"}
 
@@ -32,6 +34,10 @@ func (s *limitsSession) Reset()                               {}
 func (s *limitsSession) Logout() error                        { return nil }
 func (s *limitsSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *limitsSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *limitsSession) AuthMechanisms() []string             { return []string{sasl.Plain} }
+func (s *limitsSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(string, string, string) error { return nil }), nil
+}
 func (s *limitsSession) Data(r io.Reader) error {
 	if s.be.refuseAfter > 0 {
 		io.CopyN(ioutil.Discard, r, s.be.refuseAfter)
@@ -233,4 +239,156 @@ func TestServer_messageOfMaxMessageBytes(t *testing.T) {
 			lc.cmd(250, "NOOP")
 		}
 	}
+}
+
+// Lines of message content may be longer than MaxLineLength, in DATA and
+// in BDAT, also at the start of a chunk sent with its command, and in a
+// message the backend refuses before reading it all (go-smtp reads the
+// rest).
+func TestServer_longLinesInMessage(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("<td>x</td>", n/10) }
+	content := []byte(long(10000) + "\r\n" + long(3000) + "\r\n.short\r\n" + long(2500) + "\r\n")
+
+	lc := dialLimits(t, &limitsBackend{}, nil)
+	for i := 0; i < 2; i++ {
+		lc.cmd(250, "MAIL FROM:<a@example.org>")
+		lc.cmd(250, "RCPT TO:<b@example.org>")
+		lc.cmd(354, "DATA")
+		lc.write(stuff(content))
+		lc.expect(250)
+		lc.received(content)
+	}
+	lc.cmd(250, "MAIL FROM:<a@example.org>")
+	lc.cmd(250, "RCPT TO:<b@example.org>")
+	lc.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(content), content)) // one write
+	lc.expect(250)
+	lc.received(content)
+	lc.cmd(250, "NOOP")
+
+	refusing := dialLimits(t, &limitsBackend{refuseAfter: 100}, nil)
+	refusing.cmd(250, "MAIL FROM:<a@example.org>")
+	refusing.cmd(250, "RCPT TO:<b@example.org>")
+	refusing.cmd(354, "DATA")
+	refusing.write(stuff(content))
+	refusing.expect(554)
+	refusing.cmd(250, "NOOP")
+	refusing.cmd(250, "MAIL FROM:<a@example.org>")
+	refusing.cmd(250, "RCPT TO:<b@example.org>")
+	refusing.write(fmt.Sprintf("BDAT %d LAST\r\n%s", len(content), content))
+	refusing.expect(554)
+	refusing.cmd(250, "NOOP")
+}
+
+// MaxLineLength still limits command lines: before and after a message,
+// also when a command comes in the same write as the end of the message
+// (buffered while the message was read), and inside AUTH. A line of
+// MaxLineLength bytes, CRLF included, is accepted; one byte more is not,
+// and ends the session.
+func TestServer_commandLineLimit(t *testing.T) {
+	const limit = 2000
+	noop := func(n int) string { return "NOOP " + strings.Repeat("x", n-len("NOOP \r\n")) } // n bytes with CRLF
+	content := []byte("Subject: x\r\n\r\n" + strings.Repeat("y", 5000) + "\r\n")
+
+	for _, tc := range []struct {
+		name string
+		run  func(lc *limitsConn, line string) // sends line, expects its reply
+	}{
+		{"before a message", func(lc *limitsConn, line string) {
+			lc.write(line + "\r\n")
+		}},
+		{"after DATA", func(lc *limitsConn, line string) {
+			lc.cmd(250, "MAIL FROM:<a@example.org>")
+			lc.cmd(250, "RCPT TO:<b@example.org>")
+			lc.cmd(354, "DATA")
+			lc.write(stuff(content))
+			lc.expect(250)
+			lc.write(line + "\r\n")
+		}},
+		{"with the end of DATA", func(lc *limitsConn, line string) {
+			lc.cmd(250, "MAIL FROM:<a@example.org>")
+			lc.cmd(250, "RCPT TO:<b@example.org>")
+			lc.cmd(354, "DATA")
+			lc.write(stuff(content) + line + "\r\n")
+			lc.expect(250)
+		}},
+		{"with a BDAT chunk", func(lc *limitsConn, line string) {
+			lc.cmd(250, "MAIL FROM:<a@example.org>")
+			lc.cmd(250, "RCPT TO:<b@example.org>")
+			lc.write(fmt.Sprintf("BDAT %d LAST\r\n%s%s\r\n", len(content), content, line))
+			lc.expect(250)
+		}},
+		{"with a BDAT chunk before LAST", func(lc *limitsConn, line string) {
+			lc.cmd(250, "MAIL FROM:<a@example.org>")
+			lc.cmd(250, "RCPT TO:<b@example.org>")
+			lc.write(fmt.Sprintf("BDAT %d\r\n%s%s\r\n", len(content), content, line))
+			lc.expect(250)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lc := dialLimits(t, &limitsBackend{}, func(s *smtp.Server) { s.MaxLineLength = limit })
+			lc.t = t
+			tc.run(lc, noop(limit))
+			lc.expect(250)
+			lc.cmd(250, "RSET")
+			tc.run(lc, noop(limit+1))
+			if r := lc.read(); !strings.HasPrefix(r, "500 5.4.0 ") {
+				t.Fatalf("command line of %d bytes: %q, want 500 5.4.0", limit+1, r)
+			}
+			if n, err := lc.br.Read(make([]byte, 1)); err == nil {
+				t.Fatalf("the session goes on after a line too long (%d bytes read)", n)
+			}
+		})
+	}
+
+	// Too long before its end arrives.
+	lc := dialLimits(t, &limitsBackend{}, func(s *smtp.Server) { s.MaxLineLength = limit })
+	lc.write(strings.Repeat("x", limit))
+	lc.expect(500)
+
+	// A line too long in AUTH ends the session: its rest, which is still
+	// unread, is not taken for a command. (With a limit above the size of
+	// the read buffer, 4096 bytes, the start of the line is read before
+	// it is found too long.)
+	lc = dialLimits(t, &limitsBackend{}, func(s *smtp.Server) {
+		s.MaxLineLength = 5000
+		s.AllowInsecureAuth = true
+	})
+	lc.cmd(334, "AUTH PLAIN")
+	lc.write(strings.Repeat("A", 4096) + "NOOP " + strings.Repeat("x", 900) + "\r\n")
+	if r := lc.read(); !strings.HasPrefix(r, "500 5.4.0 ") {
+		t.Fatalf("AUTH response too long: %q, want 500 5.4.0", r)
+	}
+}
+
+// DATA through the line-at-a-time reader: dot-stuffing undone, lines of
+// every length around the buffer size, bare CR and LF kept as they are,
+// and a pipelined command after the end of the message read as a command.
+func TestServer_dataContent(t *testing.T) {
+	var content []byte
+	for n := 0; n < 9000; n += 97 {
+		if n%3 == 0 {
+			content = append(content, '.')
+		}
+		content = append(content, strings.Repeat("z", n%4100)...)
+		content = append(content, "\r\n"...)
+	}
+	content = append(content, "bare\nLF and bare\rCR\r\n..\r\n.\r\n"...) // stuffed below
+	lc := dialLimits(t, &limitsBackend{}, nil)
+	lc.cmd(250, "MAIL FROM:<a@example.org>")
+	lc.cmd(250, "RCPT TO:<b@example.org>")
+	lc.cmd(354, "DATA")
+	lc.write(stuff(content) + "NOOP\r\n")
+	lc.expect(250)
+	lc.received(content)
+	if r := lc.expect(250); !strings.Contains(r, "nothing") {
+		t.Fatalf("NOOP after the message: %q", r)
+	}
+	// "\n.\r\n" does not end the message.
+	lc.cmd(250, "MAIL FROM:<a@example.org>")
+	lc.cmd(250, "RCPT TO:<b@example.org>")
+	lc.cmd(354, "DATA")
+	lc.write("a\n.\r\nb\r\n.\r\nNOOP\r\n")
+	lc.expect(250)
+	lc.received([]byte("a\n.\r\nb\r\n"))
+	lc.expect(250)
 }
