@@ -169,6 +169,15 @@ func (s *session) Data(r io.Reader) error {
 	qid := s.qid
 	start := time.Now()
 	job, size, err := s.srv.accept(s, r)
+	if errors.Is(err, smtp.ErrDataReset) {
+		// go-smtp ended the BDAT transfer itself: RSET, a chunk refused
+		// as too large (it answered 552), or the connection closing. It
+		// sends no reply for this Data, and the session goes on if the
+		// connection does. go-smtp resets the session at the same time
+		// (this runs on the BDAT goroutine), so only locals are used.
+		s.log.Info().Str("msg_id", qid).Msg("message transfer aborted")
+		return asError(replyClientGone)
+	}
 	if err != nil {
 		return s.fail("data", err)
 	}

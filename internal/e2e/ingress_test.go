@@ -677,6 +677,42 @@ func TestSizeLimitBoundary(t *testing.T) {
 	f.sink.WaitFor(t, 2, 30*time.Second)
 }
 
+// A BDAT transfer that go-smtp ends itself (RSET between chunks, a chunk
+// refused as too large) publishes nothing, and the session goes on.
+func TestBDATAbortedSessionGoesOn(t *testing.T) {
+	f := newFrontDoor(t, nil) // max_message_bytes 65536
+	msg := testenv.RFC5322("after", testenv.Body(100))
+	c, _ := testenv.DialRaw(t, f.addr(), "")
+	c.Expect(250, "EHLO c")
+	for range 3 {
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte("BDAT 10\r\n0123456789"))
+		c.Read()
+		c.Expect(250, "RSET")
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte("BDAT 10\r\n0123456789"))
+		c.Read()
+		c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n%s", 64<<10, testenv.Body(64<<10))))
+		if r := c.Read(); r.Code != 552 {
+			t.Fatalf("BDAT over the size limit: %s, want 552", r)
+		}
+	}
+	c.Expect(250, "NOOP")
+	c.Expect(250, "MAIL FROM:<a@client.test>")
+	c.Expect(250, "RCPT TO:<ops@example.test>")
+	c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg)))
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("BDAT after aborted transfers: %s", r)
+	}
+	f.sink.WaitFor(t, 1, 30*time.Second)
+	f.relay.WaitQueueEmpty(30 * time.Second)
+	if got := f.sink.Messages(); len(got) != 1 || !bytes.Equal(got[0].AfterReceived(), msg) {
+		t.Fatalf("%d messages at the destination, want only the last one", len(got))
+	}
+}
+
 // Lines of message content longer than go-smtp's command line limit
 // (HTML on one line, as report generators write it) are accepted by DATA
 // and BDAT and arrive byte-identical; the limit still applies to the
