@@ -101,9 +101,9 @@ func reply(err error) *smtp.SMTPError {
 	case errors.Is(err, ErrTooManyErrors):
 		return replyTooManyErrs
 	case errors.Is(err, smtp.ErrTooLongLine):
-		// Only if go-smtp's limit could not be lifted for DATA
-		// (liftLineLimit): the session cannot go on, and a retry would
-		// fail the same way.
+		// go-smtp limits command lines only (third_party/go-smtp), so
+		// no message should get here; if one does, a retry would fail
+		// the same way.
 		return replyLineTooLong
 	case errors.Is(err, broker.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled):

@@ -253,14 +253,9 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	ip := ss.conn.ip.String()
 	prefix := receivedHeader(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
 
-	if fast := takeOverData(r); fast != r {
-		r = fast
-	} else {
-		liftDataLimit(r)
-	}
-	if s.opts.MaxMessageBytes > 0 {
-		r = &sizeLimit{r: r, max: s.opts.MaxMessageBytes}
-	}
+	// go-smtp (third_party/go-smtp) enforces max_message_bytes exactly:
+	// the reader fails with smtp.ErrDataTooLarge past it (DATA), or the
+	// chunk is refused before it is read (BDAT).
 	body := newLineEndings(r, s.opts.NormalizeBareLF)
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()

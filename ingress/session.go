@@ -36,12 +36,6 @@ type session struct {
 	from   string
 	params contracts.MailParams
 	rcpts  []contracts.Recipient
-
-	// lineLimit is go-smtp's line limit on this connection (lineLimitOf);
-	// restoreLineLimit puts it back after a DATA (liftLineLimit), nil
-	// when nothing is lifted.
-	lineLimit        *int
-	restoreLineLimit func()
 }
 
 var (
@@ -55,7 +49,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if cn == nil {
 		return nil, errors.New("ingress: connection not from an ingress listener")
 	}
-	ss := &session{srv: s, c: c, conn: cn, helo: c.Hostname(), relayNet: s.relayAllowed(cn.ip), lineLimit: lineLimitOf(c)}
+	ss := &session{srv: s, c: c, conn: cn, helo: c.Hostname(), relayNet: s.relayAllowed(cn.ip)}
 	if st, ok := c.TLSConnectionState(); ok {
 		ss.tlsOn = true
 		ss.tlsDesc = tls.VersionName(st.Version) + " with cipher " + tls.CipherSuiteName(st.CipherSuite)
@@ -169,17 +163,21 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // 250 only once the broker has acknowledged it.
 func (s *session) Data(r io.Reader) error {
 	defer s.conn.setInTxn(false)
-	// Lines of content may be long, also those go-smtp drains after a
-	// refusal (limit.go); Reset puts the limit back.
-	if restore := liftLineLimit(s.lineLimit, r); restore != nil {
-		s.restoreLineLimit = restore
-	}
 	if len(s.rcpts) == 0 {
 		return s.fail("data", ErrNoValidRecipients)
 	}
 	qid := s.qid
 	start := time.Now()
 	job, size, err := s.srv.accept(s, r)
+	if errors.Is(err, smtp.ErrDataReset) {
+		// go-smtp ended the BDAT transfer itself: RSET, a chunk refused
+		// as too large (it answered 552), or the connection closing. It
+		// sends no reply for this Data, and the session goes on if the
+		// connection does. go-smtp resets the session at the same time
+		// (this runs on the BDAT goroutine), so only locals are used.
+		s.log.Info().Str("msg_id", qid).Msg("message transfer aborted")
+		return asError(replyClientGone)
+	}
 	if err != nil {
 		return s.fail("data", err)
 	}
@@ -192,12 +190,6 @@ func (s *session) Data(r io.Reader) error {
 
 // Reset implements smtp.Session.
 func (s *session) Reset() {
-	if s.restoreLineLimit != nil {
-		// go-smtp calls Reset after the reply to DATA, before it reads
-		// the next command.
-		s.restoreLineLimit()
-		s.restoreLineLimit = nil
-	}
 	s.reset()
 	s.conn.setInTxn(false)
 }

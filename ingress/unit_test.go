@@ -378,64 +378,91 @@ func FuzzCheckAddress(f *testing.F) {
 	})
 }
 
-// TestLiftDataLimit pins the go-smtp internals liftDataLimit relies on: a
-// DATA of exactly MaxMessageBytes must be accepted, one byte more refused.
-func TestLiftDataLimit(t *testing.T) {
+// TestGoSMTPPatched pins what the ingress relies on from its copy of
+// go-smtp (third_party/go-smtp, through the replace directive in go.mod):
+// a DATA of exactly MaxMessageBytes is accepted and one byte more is
+// refused with 552 5.3.4, and lines of content may be longer than
+// MaxLineLength. Released go-smtp fails both.
+func TestGoSMTPPatched(t *testing.T) {
 	const max = 4096
-	var got []int
-	be := smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &limitSession{max: max, got: &got}, nil })
+	got := make(chan []byte, 10)
+	be := smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &limitSession{got: got}, nil })
 	srv := smtp.NewServer(be)
 	srv.MaxMessageBytes = max
-	srv.AllowInsecureAuth = true
+	srv.MaxLineLength = 2000
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve(l)
 	defer srv.Close()
-	for _, size := range []int{max - 1, max, max + 1} {
+	send := func(body []byte) error {
 		c, err := smtp.Dial(l.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = c.Mail("a@b.test", nil)
-		_ = c.Rcpt("c@d.test", nil)
-		w, _ := c.Data()
+		defer c.Close()
+		if err := c.Mail("a@b.test", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Rcpt("c@d.test", nil); err != nil {
+			t.Fatal(err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(body); err != nil {
+			t.Fatal(err)
+		}
+		return w.Close()
+	}
+	lines := func(size int) []byte {
 		body := bytes.Repeat([]byte("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"), size/40+1)[:size]
 		body[size-2], body[size-1] = '\r', '\n'
 		if body[size-3] == '\r' {
 			body[size-3] = 'x'
 		}
-		w.Write(body)
-		err = w.Close()
-		c.Close()
-		if (err == nil) != (size <= max) {
-			t.Errorf("DATA of %d bytes with a limit of %d: %v", size, max, err)
-		}
+		return body
 	}
-	if len(got) != 2 || got[0] != max-1 || got[1] != max {
-		t.Fatalf("sizes accepted: %v", got)
+	oneLine := append(bytes.Repeat([]byte("y"), max-2), '\r', '\n')
+	for _, tc := range []struct {
+		body []byte
+		ok   bool
+	}{
+		{lines(max - 1), true},
+		{lines(max), true},
+		{oneLine, true},
+		{lines(max + 1), false},
+	} {
+		err := send(tc.body)
+		var se *smtp.SMTPError
+		switch {
+		case tc.ok && err != nil:
+			t.Fatalf("DATA of %d bytes with a limit of %d: %v", len(tc.body), max, err)
+		case !tc.ok && (!errors.As(err, &se) || se.Code != 552 || se.EnhancedCode != smtp.EnhancedCode{5, 3, 4}):
+			t.Fatalf("DATA of %d bytes with a limit of %d: %v, want 552 5.3.4", len(tc.body), max, err)
+		}
+		if tc.ok {
+			if b := <-got; !bytes.Equal(b, tc.body) {
+				t.Fatalf("received %d bytes, sent %d", len(b), len(tc.body))
+			}
+		}
 	}
 }
 
-type limitSession struct {
-	max int64
-	got *[]int
-}
+type limitSession struct{ got chan []byte }
 
 func (s *limitSession) Reset()                               {}
 func (s *limitSession) Logout() error                        { return nil }
 func (s *limitSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *limitSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
 func (s *limitSession) Data(r io.Reader) error {
-	if !liftDataLimit(r) {
-		return errors.New("liftDataLimit failed: go-smtp's dataReader changed")
-	}
-	b, err := io.ReadAll(&sizeLimit{r: r, max: s.max})
+	b, err := io.ReadAll(r)
 	if err != nil {
 		return reply(err)
 	}
-	*s.got = append(*s.got, len(b))
+	s.got <- b
 	return nil
 }
 

@@ -673,8 +673,84 @@ func TestSizeLimitBoundary(t *testing.T) {
 		if r := c.Read(); r.Code != want {
 			t.Fatalf("BDAT of %d bytes: %s, want %d", n, r, want)
 		}
+		// BDAT in two chunks
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte(fmt.Sprintf("BDAT %d\r\n", n/2)))
+		c.Write(msg(n)[:n/2])
+		c.Expect(250, "BDAT %d LAST", n-n/2)
+		c.Write(msg(n)[n/2:])
+		if r := c.Read(); r.Code != want {
+			t.Fatalf("BDAT of %d bytes in two chunks: %s, want %d", n, r, want)
+		}
 	}
-	f.sink.WaitFor(t, 2, 30*time.Second)
+	// The size is that of the message, not of its dot-stuffed form.
+	dotted := msg(max)
+	for i := len(dotted) - 200; i > len(dotted)-2000; i-- {
+		if dotted[i-1] == '\n' {
+			dotted[i] = '.'
+		}
+	}
+	c.Expect(250, "MAIL FROM:<a@client.test> SIZE=%d", max)
+	c.Expect(250, "RCPT TO:<ops@example.test>")
+	c.Expect(354, "DATA")
+	c.Write(bytes.ReplaceAll(dotted, []byte("\n."), []byte("\n..")))
+	if r := c.Cmd("."); r.Code != 250 {
+		t.Fatalf("DATA of %d bytes, dot-stuffed: %s, want 250", max, r)
+	}
+	f.sink.WaitFor(t, 4, 30*time.Second)
+	stuffed := 0
+	for _, m := range f.sink.Messages() {
+		got := m.AfterReceived()
+		if len(got) != max {
+			t.Fatalf("a message of %d bytes arrived with %d", max, len(got))
+		}
+		if bytes.Contains(got, []byte("\n.")) {
+			stuffed++
+			if !bytes.Equal(got, dotted) {
+				t.Fatal("the message with dot-stuffed lines arrived changed")
+			}
+		}
+	}
+	if stuffed != 1 {
+		t.Fatalf("%d messages with lines that start with a dot, want 1", stuffed)
+	}
+}
+
+// A BDAT transfer that go-smtp ends itself (RSET between chunks, a chunk
+// refused as too large) publishes nothing, and the session goes on.
+func TestBDATAbortedSessionGoesOn(t *testing.T) {
+	f := newFrontDoor(t, nil) // max_message_bytes 65536
+	msg := testenv.RFC5322("after", testenv.Body(100))
+	c, _ := testenv.DialRaw(t, f.addr(), "")
+	c.Expect(250, "EHLO c")
+	for range 3 {
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte("BDAT 10\r\n0123456789"))
+		c.Read()
+		c.Expect(250, "RSET")
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		c.Write([]byte("BDAT 10\r\n0123456789"))
+		c.Read()
+		c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n%s", 64<<10, testenv.Body(64<<10))))
+		if r := c.Read(); r.Code != 552 {
+			t.Fatalf("BDAT over the size limit: %s, want 552", r)
+		}
+	}
+	c.Expect(250, "NOOP")
+	c.Expect(250, "MAIL FROM:<a@client.test>")
+	c.Expect(250, "RCPT TO:<ops@example.test>")
+	c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n%s", len(msg), msg)))
+	if r := c.Read(); r.Code != 250 {
+		t.Fatalf("BDAT after aborted transfers: %s", r)
+	}
+	f.sink.WaitFor(t, 1, 30*time.Second)
+	f.relay.WaitQueueEmpty(30 * time.Second)
+	if got := f.sink.Messages(); len(got) != 1 || !bytes.Equal(got[0].AfterReceived(), msg) {
+		t.Fatalf("%d messages at the destination, want only the last one", len(got))
+	}
 }
 
 // Lines of message content longer than go-smtp's command line limit
@@ -717,12 +793,35 @@ func TestLongLines(t *testing.T) {
 		t.Fatalf("oversize DATA with a long line: %s, want 552", r)
 	}
 	c.Expect(250, "NOOP")
-	// A command line over the limit still ends the session.
+	// Command lines may have 2000 bytes, CRLF included, ...
+	c.Expect(250, "NOOP %s", strings.Repeat("x", 2000-len("NOOP \r\n")))
+	// ... and a longer one still ends the session.
 	if r := c.Cmd("NOOP %s", line(3000)); r.Code != 500 {
 		t.Fatalf("long command line: %s, want 500", r)
 	}
+	// Also one that arrives with the end of a message, read while the
+	// message was.
+	tooLong := fmt.Sprintf("NOOP %s\r\n", strings.Repeat("x", 2001-len("NOOP \r\n")))
+	for _, bdat := range []bool{false, true} {
+		c, _ := testenv.DialRaw(t, f.addr(), "")
+		c.Expect(250, "EHLO c")
+		c.Expect(250, "MAIL FROM:<a@client.test>")
+		c.Expect(250, "RCPT TO:<ops@example.test>")
+		if bdat {
+			c.Write([]byte(fmt.Sprintf("BDAT %d LAST\r\n%s%s", len(msg), msg, tooLong)))
+		} else {
+			c.Expect(354, "DATA")
+			c.Write([]byte(string(msg) + ".\r\n" + tooLong))
+		}
+		if r := c.Read(); r.Code != 250 {
+			t.Fatalf("message (BDAT %v): %s", bdat, r)
+		}
+		if r := c.Read(); r.Code != 500 {
+			t.Fatalf("command line of 2001 bytes after the message (BDAT %v): %s, want 500", bdat, r)
+		}
+	}
 
-	f.sink.WaitFor(t, 3, 30*time.Second)
+	f.sink.WaitFor(t, 5, 30*time.Second)
 	for _, m := range f.sink.Messages() {
 		if !bytes.Equal(m.AfterReceived(), msg) {
 			t.Fatalf("message with long lines changed on the way (%d bytes, want %d)", len(m.AfterReceived()), len(msg))
