@@ -154,6 +154,11 @@ func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jet
 // schedule survives restarts of workers and of the broker; one that came
 // due while the broker was down fires right after it is back.
 func (c *Client) schedule(ctx context.Context, j *contracts.Job, inline []byte, at time.Time) error {
+	// Schedules fire on whole seconds: round up, so that a retry never
+	// comes before its time (a next hop's Retry-After, a rate window).
+	if t := at.Truncate(time.Second); t.Before(at) {
+		at = t.Add(time.Second)
+	}
 	shard, dest := c.shardOf(j), j.Dest()
 	return c.scheduleOn(ctx, contracts.ScheduleSubject(shard, dest, j.QueueID, j.Part),
 		contracts.JobSubject(shard, dest, j.QueueID, j.Part), j, inline, at, msgID(j))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery"
+	msgraph "github.com/jetrelay/jetrelay/delivery/graph"
 	"github.com/jetrelay/jetrelay/delivery/oauth"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
@@ -269,7 +270,12 @@ func routeOptions(r config.Route, key func(string) string, hc *http.Client, log 
 		}
 	}
 	if graph {
-		return rt, fmt.Errorf("%s: the graph transport is not built into this binary", key("transport"))
+		sender := r.Graph.Sender
+		if sender == "" {
+			sender = r.Username
+		}
+		rt.Transport = msgraph.New(msgraph.Options{BaseURL: r.Graph.BaseURL, Tokens: rt.Tokens, HTTPClient: hc, Sender: sender,
+			Log: log.With().Str("component", "graph").Logger()})
 	}
 	return rt, nil
 }

@@ -62,6 +62,9 @@ type GraphOptions struct {
 	MaxRequestBytes int64
 	// Tokens says whether a bearer token is valid (nil: any non-empty one).
 	Tokens func(token string) bool
+	// PKI signs the server's certificate (nil: a new one), so that one
+	// client can trust it and, say, an OAuthServer made with the same.
+	PKI *PKI
 }
 
 // GraphServer is a fake Microsoft Graph sendMail endpoint on loopback,
@@ -102,7 +105,10 @@ func NewGraphServer(t testing.TB, o GraphOptions) *GraphServer {
 	if o.BasePath == "/" {
 		o.BasePath = ""
 	}
-	pki := NewPKI(t)
+	pki := o.PKI
+	if pki == nil {
+		pki = NewPKI(t)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
