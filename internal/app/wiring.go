@@ -215,23 +215,23 @@ func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.
 		hc = &http.Client{Timeout: 2 * time.Minute}
 	}
 	if sh := dc.SmarthostRoute(); len(sh.Hosts) > 0 || sh.Transport == "graph" {
-		if ro.Smarthost, err = routeOptions(sh, func(k string) string { return "delivery.smarthost_" + k }, hc, log); err != nil {
+		if ro.Smarthost, err = RouteOptions(sh, func(k string) string { return "delivery.smarthost_" + k }, hc, log); err != nil {
 			return ro, err
 		}
 	} else if ro.Smarthost.TLS, err = delivery.ParseTLSPolicy(dc.SmarthostTLS); err != nil {
 		return ro, fmt.Errorf("delivery.smarthost_tls: %w", err)
 	}
 	for dom, r := range dc.Routes {
-		if ro.Routes[dom], err = routeOptions(r, func(k string) string { return "delivery.routes." + dom + "." + k }, hc, log); err != nil {
+		if ro.Routes[dom], err = RouteOptions(r, func(k string) string { return "delivery.routes." + dom + "." + k }, hc, log); err != nil {
 			return ro, err
 		}
 	}
 	return ro, nil
 }
 
-// routeOptions maps one smart host or route; key names a setting for
+// RouteOptions maps one smart host or route; key names a setting for
 // errors; hc reaches token endpoints and APIs.
-func routeOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
+func RouteOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
 	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
 		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
 			Connections: r.RateLimit.Connections}}
@@ -264,6 +264,11 @@ func routeOptions(r config.Route, key func(string) string, hc *http.Client, log 
 		rt.ClientCert = &cert
 	}
 	graph := r.Transport == "graph"
+	if r.OAuth.CAFile != "" {
+		if hc, err = HTTPClient(r.OAuth.CAFile); err != nil {
+			return rt, fmt.Errorf("%s: %w", key("oauth.ca_file"), err)
+		}
+	}
 	if r.OAuth.Configured() {
 		if rt.Tokens, err = TokenSource(r.OAuth, r.Username, graph, hc); err != nil {
 			return rt, fmt.Errorf("%s: %w", key("oauth"), err)
@@ -278,6 +283,27 @@ func routeOptions(r config.Route, key func(string) string, hc *http.Client, log 
 			Log: log.With().Str("component", "graph").Logger()})
 	}
 	return rt, nil
+}
+
+// HTTPClient is a client for token endpoints and APIs that trusts the
+// system's CAs and those in caFile.
+func HTTPClient(caFile string) (*http.Client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+		}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}, nil
 }
 
 // TokenSource builds the OAuth token source of a route: username is the

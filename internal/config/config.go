@@ -283,6 +283,9 @@ type OAuth struct {
 	TokenURL string `yaml:"token_url"`
 	// Scope defaults to what the provider and transport need.
 	Scope string `yaml:"scope"`
+	// CAFile adds CA certificates to trust (besides the system's) for the
+	// token endpoint and the Graph API: a TLS-inspecting proxy's.
+	CAFile string `yaml:"ca_file"`
 }
 
 // Configured reports whether any OAuth key is set.

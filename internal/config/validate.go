@@ -358,6 +358,13 @@ func validateOAuth(add func(string, string, ...any), key func(string) string, o 
 	default:
 		add(key("provider"), "must be entra, google or oauth2, got %q", o.Provider)
 	}
+	if o.CAFile != "" {
+		if b, err := os.ReadFile(o.CAFile); err != nil {
+			add(key("ca_file"), "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			add(key("ca_file"), "%s holds no PEM certificate", o.CAFile)
+		}
+	}
 	for k, u := range map[string]string{"authority": o.Authority, "token_url": o.TokenURL} {
 		if u == "" {
 			continue

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/internal/app"
+	"github.com/jetrelay/jetrelay/internal/cli"
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/jetrelay/jetrelay/internal/testenv"
 )
@@ -39,11 +40,12 @@ type oauthRelay struct {
 // startOAuthRelay starts the provider, the smart host and the relay;
 // prepare registers the credential with the provider and adjusts the
 // configuration before the relay starts.
-func startOAuthRelay(t *testing.T, o config.OAuth, prepare func(*oauthRelay, *config.Config)) *oauthRelay {
+// mechs are the smart host's AUTH mechanisms (default XOAUTH2 only).
+func startOAuthRelay(t *testing.T, o config.OAuth, prepare func(*oauthRelay, *config.Config), mechs ...string) *oauthRelay {
 	t.Helper()
 	r := &oauthRelay{idp: testenv.NewOAuthServer(t), logs: &syncBuffer{}}
 	pki := testenv.NewPKI(t)
-	r.sink = testenv.NewSink(t, testenv.SinkOptions{TLS: pki.ServerConfig(), Bearer: func(user, token string) bool {
+	r.sink = testenv.NewSink(t, testenv.SinkOptions{TLS: pki.ServerConfig(), AuthMechs: mechs, Bearer: func(user, token string) bool {
 		r.last.Store(token)
 		ok := user == mailbox && r.idp.Valid(token)
 		if !ok {
@@ -141,11 +143,12 @@ func TestXOAUTH2EndToEnd(t *testing.T) {
 		name    string
 		oauth   config.OAuth
 		prepare func(*oauthRelay, *config.Config)
+		mechs   []string
 	}{
 		{"entra client secret", config.OAuth{Provider: "entra", TenantID: tenant, ClientID: appID, ClientSecretFile: writeSecret(t, "s3cret-value")},
-			entraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Secrets: []string{"s3cret-value"}})},
+			entraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Secrets: []string{"s3cret-value"}}), nil},
 		{"entra certificate", config.OAuth{Provider: "entra", TenantID: tenant, ClientID: appID, CertificateFile: certFile, KeyFile: keyFile},
-			entraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Cert: appCert.Leaf})},
+			entraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Cert: appCert.Leaf}), nil},
 		{"google service account", config.OAuth{Provider: "google", ServiceAccountFile: filepath.Join(dir, "sa.json")},
 			func(r *oauthRelay, cfg *config.Config) {
 				key := r.idp.AddServiceAccount(t, testenv.GoogleAccount{Email: "relay@project.iam.gserviceaccount.com", Subjects: []string{mailbox}})
@@ -153,10 +156,12 @@ func TestXOAUTH2EndToEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 				cfg.Delivery.SmarthostOAuth.TokenURL = r.idp.TokenURL()
-			}},
+			}, nil},
+		{"OAUTHBEARER where XOAUTH2 is not offered", config.OAuth{Provider: "entra", TenantID: tenant, ClientID: appID, ClientSecret: "s"},
+			entraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Secrets: []string{"s"}}), []string{"OAUTHBEARER"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := startOAuthRelay(t, tc.oauth, tc.prepare)
+			r := startOAuthRelay(t, tc.oauth, tc.prepare, tc.mechs...)
 			qid := r.send(t, tc.name)
 			m := r.sink.WaitFor(t, 1, 30*time.Second)[0]
 			if m.User != mailbox || !m.TLS || m.QueueID() != qid {
@@ -281,4 +286,67 @@ func TestXOAUTH2Failures(t *testing.T) {
 			}
 		}
 	})
+}
+
+// jetrelay auth test: a token and a test message through the route, or,
+// when something is wrong, what to do about it, in words, and never the
+// secret.
+func TestAuthTestCommand(t *testing.T) {
+	idp := testenv.NewOAuthServer(t)
+	idp.AddEntraApp(testenv.EntraApp{Tenant: tenant, ClientID: appID, Secrets: []string{"right-secret"}})
+	var accept atomic.Bool
+	accept.Store(true)
+	sinkPKI := testenv.NewPKI(t)
+	sink := testenv.NewSink(t, testenv.SinkOptions{TLS: sinkPKI.ServerConfig(), Bearer: func(user, token string) bool {
+		return accept.Load() && user == mailbox && idp.Valid(token)
+	}})
+	run := func(tenantID, secret string, args ...string) (string, int) {
+		t.Helper()
+		cfg := testenv.WriteConfig(t, fmt.Sprintf(`
+hostname: relay.test
+data_dir: %s
+delivery:
+  smarthost: %q
+  smarthost_tls: required
+  smarthost_tls_ca_file: %s
+  smarthost_username: %s
+  smarthost_oauth:
+    provider: entra
+    authority: %s
+    tenant_id: %s
+    client_id: %s
+    client_secret_file: %s
+    ca_file: %s
+`, t.TempDir(), sink.Addr, sinkPKI.CAFile(t), mailbox, idp.URL, tenantID, appID, writeSecret(t, secret), idp.PKI.CAFile(t)))
+		var out, errb strings.Builder
+		code := cli.Main(append([]string{"auth", "test", "--config", cfg}, args...), strings.NewReader(""), &out, &errb)
+		all := out.String() + errb.String()
+		if strings.Contains(all, secret) {
+			t.Fatalf("the secret in the output:\n%s", all)
+		}
+		return all, code
+	}
+	if out, code := run(tenant, "right-secret", "--send-to", "you@example.test"); code != 0 ||
+		!strings.Contains(out, "smarthost: entra") || !strings.Contains(out, "tenant "+tenant) || !strings.Contains(out, "token OK") || !strings.Contains(out, "test message to you@example.test sent via") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if m := sink.WaitFor(t, 1, 10*time.Second)[0]; m.User != mailbox || !strings.Contains(string(m.Data), "Subject: jetrelay auth test") {
+		t.Fatalf("test message %q as %q", m.Data, m.User)
+	}
+	for _, tc := range []struct {
+		name, tenant, secret, want string
+	}{
+		{"wrong secret", tenant, "wrong-secret-value", "AADSTS7000215"},
+		{"unknown tenant", "nowhere.onmicrosoft.com", "right-secret", "AADSTS90002"},
+	} {
+		out, code := run(tc.tenant, tc.secret)
+		if code != 1 || !strings.Contains(out, "NO TOKEN") || !strings.Contains(out, tc.want) || !strings.Contains(out, "what to do:") {
+			t.Errorf("%s: exit %d:\n%s", tc.name, code, out)
+		}
+	}
+	accept.Store(false) // the token is fine, the smart host will not have it
+	if out, code := run(tenant, "right-secret", "--send-to", "you@example.test"); code != 1 || !strings.Contains(out, "token OK") ||
+		!strings.Contains(out, "NOT SENT") || !strings.Contains(out, "Add-MailboxPermission") {
+		t.Fatalf("refused by the smart host: exit %d:\n%s", code, out)
+	}
 }
