@@ -128,6 +128,12 @@ type Body struct {
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`           // hex
 	Object string `json:"object,omitempty"` // object name in BucketBodies; "" means inline
+	// MaxLine is the length of the body's longest line (after the header
+	// section, without its CRLF), as the ingress counted it; 0 when
+	// unknown. Delivery keeps every line on the wire within 998 octets
+	// (RFC 5321 §4.5.3.1.6): a body whose lines are all shorter passes
+	// untouched.
+	MaxLine int `json:"max_line,omitempty"`
 }
 
 // Inline reports whether the body travels after the envelope.

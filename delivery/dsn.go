@@ -18,10 +18,6 @@ const (
 	actionRelayed = "relayed"
 )
 
-// maxReturnedBody bounds the original message returned in full in a DSN;
-// above it only the headers come back (Postfix's bounce_size_limit idea).
-const maxReturnedBody = 64 << 10
-
 // dsnRcpt is one recipient line of a DSN.
 type dsnRcpt struct {
 	rcpt  contracts.Recipient
@@ -94,7 +90,7 @@ func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open fun
 	if len(failed)+len(delayed)+len(relayed) == 0 {
 		return
 	}
-	original := readOriginal(open, job)
+	original := readOriginal(open, job, w.opts.BounceSizeLimit)
 	add := func(action string, rcpts []dsnRcpt) {
 		if len(rcpts) == 0 {
 			return
@@ -111,6 +107,7 @@ func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open fun
 			Attempt:    1,
 		}
 		body := buildDSN(w.opts.Hostname, job, action, rcpts, original, d.QueueID, now, job.FirstSeen.Add(w.opts.MaxAge))
+		d.Body.MaxLine = contracts.MeasureLines(body)
 		p.outcome.Notices = append(p.outcome.Notices, broker.Notice{Job: d, Body: body})
 	}
 	add(actionFailed, failed)
@@ -129,25 +126,30 @@ func hostOf(r *contracts.Reply) string {
 type original struct {
 	data    []byte
 	headers bool // only the header section
+	maxLine int  // the body's longest line, as the ingress measured it
 }
 
-// readOriginal fetches the message, or its header section when it is large
-// or the sender asked for RET=HDRS.
-func readOriginal(open func() (io.ReadCloser, error), j *contracts.Job) original {
-	wantHeaders := strings.EqualFold(j.Params.Ret, "HDRS") || j.Body.Size > maxReturnedBody
+// readOriginal fetches what a DSN returns: the whole message when the
+// sender did not ask for RET=HDRS and it fits in limit octets, else its
+// header section (itself cut at a line boundary within limit).
+func readOriginal(open func() (io.ReadCloser, error), j *contracts.Job, limit int) original {
+	wantHeaders := strings.EqualFold(j.Params.Ret, "HDRS") || j.Body.Size > int64(limit)
 	rc, err := open()
 	if err != nil {
 		return original{headers: true}
 	}
-	data, _ := io.ReadAll(io.LimitReader(rc, maxReturnedBody+1))
+	data, _ := io.ReadAll(io.LimitReader(rc, int64(limit)+1))
 	rc.Close()
-	if !wantHeaders && int64(len(data)) <= maxReturnedBody {
-		return original{data: data}
+	if !wantHeaders && len(data) <= limit {
+		return original{data: data, maxLine: j.Body.MaxLine}
 	}
-	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 && i+2 <= limit {
 		data = data[:i+2]
-	} else if len(data) > maxReturnedBody {
-		data = data[:maxReturnedBody]
+	} else if len(data) > limit {
+		data = data[:limit]
+		if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+			data = data[:i+1]
+		}
 	}
 	return original{data: data, headers: true}
 }
@@ -228,8 +230,12 @@ func buildDSN(hostname string, j *contracts.Job, action string, rcpts []dsnRcpt,
 			ct = "text/rfc822-headers"
 		}
 		fmt.Fprintf(&b, "--%s\r\nContent-Description: Undelivered Message\r\nContent-Type: %s\r\n\r\n", boundary, ct)
-		b.Write(orig.data)
-		if !bytes.HasSuffix(orig.data, []byte("\r\n")) {
+		// Folded as it would have been sent, so that the bounce cannot
+		// fail for the reason the message did.
+		f := newLineFolder(&b, orig.maxLine)
+		f.Write(orig.data)
+		f.Close()
+		if !bytes.HasSuffix(b.Bytes(), []byte("\r\n")) {
 			b.WriteString("\r\n")
 		}
 	}
@@ -268,8 +274,14 @@ func humanReply(r dsnRcpt) string {
 	return oneLine(r.reply.String())
 }
 
+// oneLine joins a reply's lines into one, cut to 900 octets so that a
+// long multi-line reply keeps the DSN's lines within 998.
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+	s = strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+	if len(s) > 900 {
+		s = strings.ToValidUTF8(s[:900], "") + "..."
+	}
+	return s
 }
 
 func roundDur(d time.Duration) string {

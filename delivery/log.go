@@ -52,6 +52,10 @@ func (w *Worker) logAttempt(job *contracts.Job, groups []*group, p *plan, log ze
 		if throttled {
 			ev = ev.Bool("throttled", true)
 		}
+		if rep.Folded != "" {
+			ev = ev.Str("folded", rep.Folded)
+			w.metrics.folded.WithLabelValues(rep.Folded).Inc()
+		}
 		if result != contracts.ResultDelivered {
 			for _, rt := range p.outcome.Retries {
 				if len(rt.Rcpts) > 0 && w.router.destinationFor(job, rt.Rcpts[0].Domain()).Key == g.dest.Key {

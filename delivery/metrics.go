@@ -8,6 +8,7 @@ type metrics struct {
 	dead       *prometheus.CounterVec
 	tls        *prometheus.CounterVec
 	bytes      prometheus.Counter
+	folded     *prometheus.CounterVec
 }
 
 func (m *metrics) deadLetter(reason string) { m.dead.WithLabelValues(reason).Inc() }
@@ -32,9 +33,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "jetrelay_delivery_bytes_total", Help: "Message bytes written to next hops (with SMTP dot-stuffing).",
 		}),
+		folded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jetrelay_messages_folded_total",
+			Help: "Messages sent with lines made to fit 998 octets, by how: headers (header lines folded), broken (body lines broken), quoted_printable (a text body re-encoded).",
+		}, []string{"how"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.latency, m.dead, m.bytes)
+		reg.MustRegister(m.deliveries, m.latency, m.dead, m.bytes, m.folded)
 		// The TLS counter is shared with the ingress in one process.
 		if err := reg.Register(m.tls); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {

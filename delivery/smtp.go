@@ -336,7 +336,10 @@ type envelope struct {
 	params contracts.MailParams
 	rcpts  []contracts.Recipient
 	size   int64
-	body   func() (io.ReadCloser, error) // opened only once DATA is accepted
+	// maxLine is the longest body line the ingress measured (0: unknown);
+	// it tells the lineFolder what the body needs.
+	maxLine int
+	body    func() (io.ReadCloser, error) // opened only once DATA is accepted
 }
 
 // txResult is what a transaction did.
@@ -346,6 +349,7 @@ type txResult struct {
 	final  *contracts.Reply   // reply to the final dot (nil when not reached)
 	sentOK bool               // the server accepted the message for at least one recipient
 	bytes  int64              // bytes of the message written (with dot-stuffing and the final dot)
+	folded string             // what the lineFolder did ("" nothing)
 }
 
 // send runs MAIL, RCPT… and DATA, pipelined when the server offers
@@ -465,8 +469,9 @@ func (c *smtpConn) send(ctx context.Context, env *envelope) (*txResult, error) {
 
 	// 354: send the body.
 	before := c.written
-	final, err := c.writeBody(ctx, env)
+	final, folded, err := c.writeBody(ctx, env)
 	res.bytes = c.written - before
+	res.folded = folded
 	if err != nil {
 		return res, err
 	}
@@ -525,19 +530,21 @@ func (c *smtpConn) resetQuietly(ctx context.Context) {
 	}
 }
 
-// writeBody streams the message with dot-stuffing. If reading the body
-// fails the connection is closed without the final dot, so a truncated
-// message can never be accepted.
-func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Reply, error) {
+// writeBody streams the message through the lineFolder (no line over
+// 998 octets) and the dotWriter, and reports what the folder did. If
+// reading the body fails the connection is closed without the final dot,
+// so a truncated message can never be accepted.
+func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Reply, string, error) {
 	body, err := env.body()
 	if err != nil {
 		c.close()
-		return nil, fmt.Errorf("%w: %w", ErrBodyRead, err)
+		return nil, "", fmt.Errorf("%w: %w", ErrBodyRead, err)
 	}
 	defer body.Close()
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	dw := &dotWriter{w: c.bw, bol: true}
+	fw := newLineFolder(dw, env.maxLine)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -545,9 +552,9 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 		n, rerr := body.Read(buf)
 		if n > 0 {
 			_ = c.nc.SetWriteDeadline(time.Now().Add(c.to.DataBlock))
-			if _, err := dw.Write(buf[:n]); err != nil {
+			if _, err := fw.Write(buf[:n]); err != nil {
 				c.close()
-				return nil, err
+				return nil, "", err
 			}
 		}
 		if rerr == io.EOF {
@@ -555,26 +562,30 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 		}
 		if rerr != nil {
 			c.close()
-			return nil, fmt.Errorf("%w: %w", ErrBodyRead, rerr)
+			return nil, "", fmt.Errorf("%w: %w", ErrBodyRead, rerr)
 		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.to.DataBlock))
+	if err := fw.Close(); err != nil {
+		c.close()
+		return nil, "", err
+	}
 	if err := dw.finish(); err != nil {
 		c.close()
-		return nil, err
+		return nil, "", err
 	}
 	if err := c.bw.Flush(); err != nil {
 		c.close()
-		return nil, err
+		return nil, "", err
 	}
 	_ = c.nc.SetDeadline(time.Now().Add(c.to.DataEnd))
 	r, err := c.readReplyLocked(250, "dot")
 	var se *ReplyError
 	if err != nil && !errors.As(err, &se) {
-		return nil, err
+		return nil, "", err
 	}
 	_ = c.nc.SetDeadline(time.Time{})
-	return r, nil
+	return r, fw.how(), nil
 }
 
 // copyBufs are writeBody's read buffers: one per transaction in progress,
@@ -586,7 +597,9 @@ func (c *smtpConn) mailCommand(env *envelope) string {
 	b.WriteString("MAIL FROM:<")
 	b.WriteString(env.from)
 	b.WriteByte('>')
-	if c.has("SIZE") && env.size > 0 {
+	// SIZE is an estimate (RFC 1870); a body whose lines must be
+	// re-encoded may grow, so none is declared then.
+	if c.has("SIZE") && env.size > 0 && env.maxLine <= contracts.MaxWireLine {
 		fmt.Fprintf(&b, " SIZE=%d", env.size)
 	}
 	if c.has("8BITMIME") && strings.EqualFold(env.params.Body, "8BITMIME") {

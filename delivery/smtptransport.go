@@ -48,7 +48,7 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	}
 	defer release()
 	log := t.log.With().Str("msg_id", req.Job.QueueID).Str("domain", dest.Domain).Logger()
-	env := &envelope{from: req.Job.From, params: req.Job.Params, rcpts: req.Rcpts, size: req.Job.Body.Size, body: req.Body}
+	env := &envelope{from: req.Job.From, params: req.Job.Params, rcpts: req.Rcpts, size: req.Job.Body.Size, maxLine: req.Job.Body.MaxLine, body: req.Body}
 
 	// A cached connection first.
 	if c := t.pool.get(dest.Key); c != nil {
@@ -104,7 +104,7 @@ func (t *smtpTransport) transact(ctx context.Context, c *smtpConn, dest *Destina
 	rep.ReportsSuccess = c.has("DSN")
 	tx, err := c.send(ctx, env)
 	if tx != nil {
-		rep.Bytes = tx.bytes
+		rep.Bytes, rep.Folded = tx.bytes, tx.folded
 	}
 	if err != nil {
 		c.close()

@@ -41,6 +41,9 @@ type Report struct {
 	// Bytes is how many bytes of the message went on the wire (0 when
 	// the message was not sent).
 	Bytes int64
+	// Folded says how lines longer than 998 octets were made to fit
+	// ("headers", "broken", "quoted_printable"; "" none were).
+	Folded string
 	// ReportsSuccess: the next hop sends success notifications itself
 	// (SMTP's DSN extension), so jetrelay does not.
 	ReportsSuccess bool

@@ -24,7 +24,10 @@ type Options struct {
 	MaxAge       time.Duration
 	Jitter       float64
 	DelayWarning time.Duration // 0: no delay DSNs
-	Timeouts     Timeouts
+	// BounceSizeLimit caps the original message a DSN returns: over it,
+	// only the header section comes back (Postfix's bounce_size_limit).
+	BounceSizeLimit int
+	Timeouts        Timeouts
 	// MaxPerDestination caps concurrent connections to one destination;
 	// MaxMessagesPerConnection is how many messages a connection carries
 	// before it is closed; IdleTimeout closes a cached connection unused
@@ -55,6 +58,7 @@ func DefaultOptions() Options {
 		MaxAge:                   5 * 24 * time.Hour,
 		Jitter:                   0.1,
 		DelayWarning:             12 * time.Hour,
+		BounceSizeLimit:          50000,
 		Timeouts:                 DefaultTimeouts(),
 		MaxPerDestination:        20,
 		MaxMessagesPerConnection: 100,
@@ -93,6 +97,9 @@ func (o *Options) fill() {
 	}
 	if o.PoisonDeliveries <= 0 {
 		o.PoisonDeliveries = d.PoisonDeliveries
+	}
+	if o.BounceSizeLimit <= 0 {
+		o.BounceSizeLimit = d.BounceSizeLimit
 	}
 }
 

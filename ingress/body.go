@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/jetrelay/jetrelay/contracts"
 )
 
 // lineEndings checks or repairs the line endings of DATA as it streams
@@ -18,8 +20,9 @@ import (
 type lineEndings struct {
 	r         io.Reader
 	normalize bool
-	prevCR    bool   // the last byte handed out was a CR whose LF is still due
-	pending   []byte // normalized bytes not yet handed out
+	lines     contracts.LineMeter // measures the lines handed out
+	prevCR    bool                // the last byte handed out was a CR whose LF is still due
+	pending   []byte              // normalized bytes not yet handed out
 	buf       []byte
 	err       error
 }
@@ -29,6 +32,12 @@ func newLineEndings(r io.Reader, normalize bool) *lineEndings {
 }
 
 func (l *lineEndings) Read(p []byte) (int, error) {
+	n, err := l.read(p)
+	l.lines.Write(p[:n])
+	return n, err
+}
+
+func (l *lineEndings) read(p []byte) (int, error) {
 	if len(l.pending) > 0 {
 		n := copy(p, l.pending)
 		l.pending = l.pending[n:]

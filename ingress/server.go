@@ -299,6 +299,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if int64(buf.Len()) <= limit {
 		// The whole message is in memory: it travels inside the job,
 		// framed straight from the header prefix and the read buffer.
+		job.Body.MaxLine = body.lines.Max()
 		if err := s.q.Enqueue(ctx, job, prefix, buf.Bytes()); err != nil {
 			return nil, 0, err
 		}
@@ -316,7 +317,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if err != nil {
 		return nil, 0, err
 	}
-	job.Body = contracts.Body{Object: ss.qid, Size: size, SHA256: digest}
+	job.Body = contracts.Body{Object: ss.qid, Size: size, SHA256: digest, MaxLine: body.lines.Max()}
 	if err := s.q.Enqueue(ctx, job); err != nil {
 		return nil, 0, err
 	}

@@ -189,6 +189,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		MaxAge:                   dc.Retry.MaxAge.D(),
 		Jitter:                   dc.Retry.Jitter,
 		DelayWarning:             dc.DelayWarning.D(),
+		BounceSizeLimit:          dc.BounceSizeLimit,
 		Timeouts:                 to,
 		MaxPerDestination:        dc.MaxPerDestination,
 		MaxMessagesPerConnection: dc.MaxMessagesPerConnection,

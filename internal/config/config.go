@@ -205,6 +205,9 @@ type Delivery struct {
 	// DelayWarning sends a "delayed" DSN once a message has waited this long
 	// (0 disables).
 	DelayWarning Duration `yaml:"delay_warning"`
+	// BounceSizeLimit caps, in octets, the original message a bounce
+	// returns; over it only the headers come back.
+	BounceSizeLimit int `yaml:"bounce_size_limit"`
 	// DNSServer is the resolver "host:port" for MX lookups; empty uses the
 	// system resolver.
 	DNSServer string `yaml:"dns_server"`
@@ -417,6 +420,7 @@ func Default() *Config {
 			MXTLS:                    string(r.MXTLS),
 			Concurrency:              d.Concurrency,
 			DelayWarning:             Duration(d.DelayWarning),
+			BounceSizeLimit:          d.BounceSizeLimit,
 			MaxMXHosts:               r.MaxMXHosts,
 			MaxMessagesPerConnection: d.MaxMessagesPerConnection,
 			MaxPerDestination:        d.MaxPerDestination,

@@ -96,18 +96,7 @@ func (r *oauthRelay) readyz(t *testing.T) (int, string) {
 
 func (r *oauthRelay) metric(t *testing.T, name string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + r.relay.App.HTTPAddr().String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, name) {
-			return l
-		}
-	}
-	return ""
+	return r.relay.Metric(name)
 }
 
 func writeSecret(t *testing.T, secret string) string {

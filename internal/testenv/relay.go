@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"io"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -182,4 +184,23 @@ func (r *Relay) State() broker.QueueState {
 		r.t.Fatalf("queue state: %v", err)
 	}
 	return st
+}
+
+// Metric returns the first line of the relay's /metrics that starts with
+// name (a metric name, with labels if need be), "" when there is none.
+// The relay must serve HTTP (cfg.HTTP.Listen).
+func (r *Relay) Metric(name string) string {
+	r.t.Helper()
+	resp, err := http.Get("http://" + r.App.HTTPAddr().String() + "/metrics")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name) {
+			return l
+		}
+	}
+	return ""
 }

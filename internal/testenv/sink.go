@@ -85,6 +85,11 @@ type SinkOptions struct {
 	MaxMessageBytes int64
 	// IdleTimeout closes connections idle this long (0: never).
 	IdleTimeout time.Duration
+	// MaxLineLength refuses, with 500 5.5.0 at the final dot, a message
+	// with a line longer than this many octets on the wire (dot-stuffing
+	// counted), as strict real next hops answer "500 Line too long"
+	// (0: any length).
+	MaxLineLength int
 }
 
 // Sink is a capturing destination SMTP server whose replies a test can
@@ -469,6 +474,11 @@ func (ss *sinkSession) Data(r io.Reader) error {
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: err.Error()}
 	}
+	if n := ss.s.opts.MaxLineLength; n > 0 {
+		if l := longestWireLine(data); l > n {
+			return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 0}, Message: fmt.Sprintf("Line too long (%d octets)", l)}
+		}
+	}
 	m := ss.m
 	m.Data = data
 	m.At = time.Now()
@@ -486,6 +496,27 @@ func (ss *sinkSession) Data(r io.Reader) error {
 
 func (ss *sinkSession) Reset()        { ss.m = nil }
 func (ss *sinkSession) Logout() error { return nil }
+
+// longestWireLine is the length of data's longest line as it was on the
+// wire: without its CRLF, with the dot that stuffing added to a line
+// starting with '.'.
+func longestWireLine(data []byte) int {
+	longest := 0
+	for len(data) > 0 {
+		line := data
+		if i := bytes.Index(data, []byte("\r\n")); i >= 0 {
+			line, data = data[:i], data[i+2:]
+		} else {
+			data = nil
+		}
+		n := len(line)
+		if n > 0 && line[0] == '.' {
+			n++
+		}
+		longest = max(longest, n)
+	}
+	return longest
+}
 
 type nopLogger struct{}
 
