@@ -12,7 +12,7 @@ func TestLineMeter(t *testing.T) {
 	}{
 		{"Subject: x\r\n\r\nab\r\nabcd\r\n", 4},
 		{"Subject: " + strings.Repeat("h", 5000) + "\r\n\r\nab\r\n", 2}, // headers do not count
-		{"Subject: x\r\n\r\n" + strings.Repeat("b", 1000), 1000},         // unfinished last line
+		{"Subject: x\r\n\r\n" + strings.Repeat("b", 1000), 1000},        // unfinished last line
 		{"Subject: x\r\n\r\n\r\n\r\n", 0},
 		{"Subject: x\r\nno body\r\n", 0},
 		{"Subject: x\n\nbare\nlf\n", 4},
