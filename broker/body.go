@@ -88,7 +88,7 @@ func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, 
 			cancel()
 			if err != nil {
 				purge()
-				return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
+				return 0, "", fmt.Errorf("%w: store body %s: %w", ErrUnavailable, name, c.classifyWrite(err))
 			}
 			total += int64(n)
 			chunks++
@@ -119,8 +119,9 @@ func (c *Client) PutBody(ctx context.Context, name string, r io.Reader) (int64, 
 	defer cancel()
 	if _, err := c.js.PublishMsg(pctx, m, jetstream.WithExpectStream(bodyStream)); err != nil {
 		purge()
-		return 0, "", fmt.Errorf("%w: store body %s: %v", ErrUnavailable, name, err)
+		return 0, "", fmt.Errorf("%w: store body %s: %w", ErrUnavailable, name, c.classifyWrite(err))
 	}
+	c.storage.wroteOK()
 	return total, hex.EncodeToString(sum), nil
 }
 

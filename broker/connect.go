@@ -65,6 +65,8 @@ type Client struct {
 	// reconnected fires whenever the connection comes back after losing
 	// its server: requests in flight before may be gone with it.
 	reconnected *signal
+
+	storage storageState
 }
 
 // signal is a broadcast that can fire many times: a waiter takes the

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -33,6 +34,11 @@ type EmbeddedOptions struct {
 	SyncInterval time.Duration
 	// MaxStore caps JetStream file storage (0: NATS decides).
 	MaxStore int64
+	// MinFree is the free space the store's file system must keep; below
+	// it the ingress refuses new mail (452 4.3.1) so that what is queued
+	// can still be retried, dead-lettered and acknowledged (0: no
+	// reserve, only write failures count).
+	MinFree int64
 	// MaxPayload overrides NATS's 1 MiB max_payload (0: keep the default).
 	MaxPayload int32
 	// ServerName names this node (default: "jetrelay-" + host name).
@@ -62,6 +68,10 @@ type Embedded struct {
 	creds     Credentials
 	log       zerolog.Logger
 	clustered bool
+	watch     *storageWatch
+
+	mu        sync.Mutex
+	restarted []func() // run after the storage watch reloaded JetStream
 }
 
 // Credentials are what a client needs to reach an embedded server: written
@@ -214,7 +224,9 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 	}
 	log.Info().Str("url", creds.URL).Str("store", sopts.StoreDir).Bool("sync_always", opts.SyncAlways).
 		Msg("embedded broker ready")
-	return &Embedded{srv: srv, creds: creds, log: log, clustered: opts.Cluster != nil}, nil
+	e := &Embedded{srv: srv, creds: creds, log: log, clustered: opts.Cluster != nil}
+	e.startStorageWatch(sopts.StoreDir, opts.MinFree)
+	return e, nil
 }
 
 func applyCluster(sopts *server.Options, c *ClusterOptions) error {
@@ -266,6 +278,7 @@ func (e *Embedded) Health() error {
 // tells the connected ones to move to the other nodes, and hands its
 // stream and consumer leaderships over before it exits.
 func (e *Embedded) Shutdown() {
+	e.stopStorageWatch()
 	if e.clustered && e.srv.Running() {
 		e.srv.LameDuckShutdown()
 	} else {

@@ -78,7 +78,7 @@ func (c *Client) publishJob(ctx context.Context, j *contracts.Job, inline ...[]b
 	err = c.publishIdempotent(ctx, jobMsg(c.jobSubject(j), j, data),
 		jetstream.WithMsgID(msgID(j)), jetstream.WithExpectStream(contracts.QueueStream(c.shardOf(j))))
 	if err != nil {
-		return fmt.Errorf("%w: publish job %s: %v", ErrUnavailable, j.JobID(), err)
+		return fmt.Errorf("%w: publish job %s: %w", ErrUnavailable, j.JobID(), err)
 	}
 	return nil
 }
@@ -112,7 +112,9 @@ const jsErrCodeDuplicateInProcess jetstream.ErrorCode = 10158
 // So a publish that returns an error has most likely stored nothing, and
 // one that returns nil stored exactly one copy. Errors the broker answered
 // with (a wrong stream, a message too large) are final, except "in
-// process", which is still in doubt.
+// process", which is still in doubt. A lack of storage, answered or seen
+// by the embedded server's watch while no answer comes, ends the publish
+// at once with ErrNoStorage (a store that failed to write stores nothing).
 func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 3*c.set.PublishTimeout)
@@ -129,8 +131,14 @@ func (c *Client) publishIdempotent(ctx context.Context, m *nats.Msg, opts ...jet
 		inProcess := errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeDuplicateInProcess
 		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
 		doubt = doubt || inProcess || unanswered
+		if err != nil {
+			if serr := c.classifyWrite(err); errors.Is(serr, ErrNoStorage) {
+				return serr
+			}
+		}
 		switch {
 		case err == nil:
+			c.storage.wroteOK()
 			return nil
 		case !inProcess && apiErr != nil, errors.Is(err, nats.ErrConnectionClosed), ctx.Err() != nil:
 			return err
@@ -177,7 +185,7 @@ func (c *Client) scheduleOn(ctx context.Context, subject, target string, j *cont
 		jetstream.WithScheduleAt(at),
 		jetstream.WithScheduleTarget(target))
 	if err != nil {
-		return fmt.Errorf("%w: schedule job %s: %v", ErrUnavailable, j.JobID(), err)
+		return fmt.Errorf("%w: schedule job %s: %w", ErrUnavailable, j.JobID(), err)
 	}
 	return nil
 }
@@ -194,7 +202,7 @@ func (c *Client) publishDeadLetter(ctx context.Context, d *contracts.DeadLetter,
 	m.Header.Set(contracts.HeaderKind, contracts.KindDeadLetter)
 	err = c.publishIdempotent(ctx, m, jetstream.WithMsgID("dl."+d.ID), jetstream.WithExpectStream(contracts.StreamDeadLetter))
 	if err != nil {
-		return fmt.Errorf("%w: publish dead letter %s: %v", ErrUnavailable, d.ID, err)
+		return fmt.Errorf("%w: publish dead letter %s: %w", ErrUnavailable, d.ID, err)
 	}
 	return nil
 }

@@ -49,6 +49,7 @@ var (
 	replySenderDenied = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address not allowed for this user"}
 	replyShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
 	replyUnavailable  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary queue failure, try again later"}
+	replyNoStorage    = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage, try again later"}
 	replyNoRcpts      = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
 	replyTimeout      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout exceeded, closing connection"}
 	replyClientGone   = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Connection lost"}
@@ -105,6 +106,9 @@ func reply(err error) *smtp.SMTPError {
 		// no message should get here; if one does, a retry would fail
 		// the same way.
 		return replyLineTooLong
+	case errors.Is(err, broker.ErrNoStorage):
+		// Before ErrUnavailable, which it comes with.
+		return replyNoStorage
 	case errors.Is(err, broker.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled):
 		// Before the timeout case: a context deadline is also a net.Error.

@@ -24,6 +24,10 @@ type Queue interface {
 	// Connected reports whether the broker connection is up; MAIL is
 	// refused with 451 while it is not.
 	Connected() bool
+	// Storage says why the broker cannot store mail now (wrapping
+	// broker.ErrNoStorage), nil when it can; MAIL is refused with
+	// 452 4.3.1 while it cannot.
+	Storage() error
 	// InlineLimit is the largest body that may travel inside the job.
 	InlineLimit() int
 	// PutBody stores a body too large to travel inline; a failed put

@@ -117,6 +117,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if !s.srv.q.Connected() {
 		return s.fail("mail", fmt.Errorf("%w: not connected", broker.ErrUnavailable))
 	}
+	if err := s.srv.q.Storage(); err != nil {
+		return s.fail("mail", err)
+	}
 	s.reset()
 	s.qid = contracts.NewQueueID(time.Now())
 	s.from = from

@@ -34,6 +34,8 @@ func TestReplyFunnel(t *testing.T) {
 		{"message too large", ErrTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
 		{"message too large (go-smtp reader)", smtp.ErrDataTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
 		{"broker unavailable", fmt.Errorf("publish: %w", broker.ErrUnavailable), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"broker out of storage", fmt.Errorf("%w: publish: %w", broker.ErrUnavailable, broker.ErrNoStorage), 452, smtp.EnhancedCode{4, 3, 1}},
+		{"storage below min_free at MAIL", fmt.Errorf("%w: /data has 1 MiB free", broker.ErrNoStorage), 452, smtp.EnhancedCode{4, 3, 1}},
 		{"publish timeout", context.DeadlineExceeded, 451, smtp.EnhancedCode{4, 3, 0}},
 		{"bare LF", ErrBareLineEnding, 550, smtp.EnhancedCode{5, 5, 2}},
 		{"bad sender syntax", ErrBadSender, 501, smtp.EnhancedCode{5, 1, 7}},

@@ -114,6 +114,9 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 		a.bc, err = broker.Connect(ctx, broker.ConnectOptions{
 			Name: "jetrelay-" + st.Name(), InProcess: a.emb.Server(), User: creds.User, Password: creds.Password,
 		}, log)
+		if err == nil {
+			a.bc.AttachEmbedded(a.emb)
+		}
 	} else {
 		a.bc, err = ConnectBroker(ctx, cfg, "jetrelay-"+st.Name(), log, true)
 		if err == nil {
@@ -243,6 +246,9 @@ func (a *App) ready() error {
 	}
 	if a.bc == nil || !a.bc.Connected() {
 		return errors.New("broker connection down")
+	}
+	if err := a.bc.Storage(); err != nil {
+		return fmt.Errorf("refusing new mail: %w", err)
 	}
 	if a.emb != nil {
 		if err := a.emb.Health(); err != nil {

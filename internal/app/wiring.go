@@ -26,6 +26,7 @@ func startEmbedded(cfg *config.Config, log zerolog.Logger) (*broker.Embedded, er
 		Listen:     cfg.Broker.Listen,
 		SyncAlways: cfg.Broker.SyncInterval == "always",
 		MaxStore:   int64(cfg.Broker.MaxStore),
+		MinFree:    cfg.MinFree(),
 		ServerName: cfg.Broker.ServerName,
 		User:       cfg.Broker.User,
 		Password:   cfg.Broker.Password,

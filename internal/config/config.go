@@ -69,6 +69,11 @@ type Broker struct {
 	// MaxStore caps the embedded server's JetStream file storage (0: NATS's
 	// default, most of the free disk).
 	MaxStore ByteSize `yaml:"max_store"`
+	// MinFree is the free space the embedded server's file system must
+	// keep (Postfix's queue_minfree): below it new mail is refused with
+	// 452 4.3.1 at MAIL, so that queued mail can still be retried and
+	// dead-lettered. 0: derived, 1.5 × ingress.max_message_bytes.
+	MinFree ByteSize `yaml:"min_free"`
 	// InlineMaxBytes: bodies up to this size travel inside the job message;
 	// larger ones go to the object store. It is capped at the server's
 	// max_payload minus room for the envelope.
@@ -438,6 +443,15 @@ func Default() *Config {
 		HTTP:       HTTP{Listen: "127.0.0.1:8025"},
 		Log:        Log{Level: "info", Format: "json"},
 	}
+}
+
+// MinFree is broker.min_free in effect: as set, or 1.5 times the largest
+// message the ingress accepts (what Postfix's smtpd requires by default).
+func (c *Config) MinFree() int64 {
+	if c.Broker.MinFree > 0 {
+		return int64(c.Broker.MinFree)
+	}
+	return int64(c.Ingress.MaxMessageBytes) * 3 / 2
 }
 
 // DedupeWindow is the broker's duplicate window in effect: broker.

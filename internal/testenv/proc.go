@@ -273,3 +273,35 @@ func StartExternal(t testing.TB, name, path string, args ...string) *Proc {
 	})
 	return p
 }
+
+// StartWithTmpfs runs the binary with args in a mount namespace of its
+// own where a tmpfs of sizeMiB is mounted on dir, so that a test can fill
+// the relay's file system without touching the machine's (the tmpfs goes
+// away with the process). The test reaches the files through
+// [Proc.InRoot]. It skips the test where mount namespaces are not
+// available (Linux only, unshare from util-linux).
+func StartWithTmpfs(t testing.TB, name, dir string, sizeMiB int, args ...string) *Proc {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		t.Skip("needs Linux mount namespaces")
+	}
+	bin := Binary(t)
+	var ns []string
+	for _, try := range [][]string{{"--user", "--map-root-user", "--mount"}, {"--mount"}} {
+		if exec.Command("unshare", append(try, "true")...).Run() == nil {
+			ns = try
+			break
+		}
+	}
+	if ns == nil {
+		t.Skip("cannot create a mount namespace (unshare --mount failed): user namespaces disabled and not root")
+	}
+	script := fmt.Sprintf(`mount -t tmpfs -o size=%dm jetrelay-test "$0" && exec "$@"`, sizeMiB)
+	argv := append(append(ns, "sh", "-c", script, dir, bin), args...)
+	return StartExternal(t, name, "unshare", argv...)
+}
+
+// InRoot is path as the process sees it, in its mount namespace.
+func (p *Proc) InRoot(path string) string {
+	return fmt.Sprintf("/proc/%d/root%s", p.Cmd.Process.Pid, path)
+}
