@@ -143,7 +143,7 @@ func (g *globals) loadValid(extra map[string]string) (*config.Config, zerolog.Lo
 		return nil, zerolog.Nop(), err
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, zerolog.Nop(), fmt.Errorf("invalid configuration (run `jetrelay config check`):\n%w", err)
+		return nil, zerolog.Nop(), fmt.Errorf("invalid configuration (run `jetrelay config check`):\n%w", src.Locate(err))
 	}
 	log := logging.New(g.stderr, cfg.Log.Level, cfg.Log.Format)
 	for _, w := range src.Warnings {
