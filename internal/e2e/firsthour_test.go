@@ -2,10 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/jetrelay/jetrelay/internal/cli"
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/internal/app"
@@ -51,4 +57,84 @@ func TestFirstHourBrokerRefusesCredentials(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, `refused user "jetrelay" with a password`) || !strings.Contains(errs, "broker.user and broker.password") {
 		t.Fatalf("queue list: exit %d\n%s%s", code, out, errs)
 	}
+}
+
+// A page cut by --limit says how much there is ("2 of 5"), in deadletter
+// list and queue list; replay and retry over many print one JSON summary
+// with --json (and no progress bar into captured output).
+func TestDeadLetterListOfNAndSummaries(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	var refuse atomic.Int32 // 5: reject, 4: defer, 0: accept
+	refuse.Store(5)
+	sink.OnRcpt(func(string) *smtp.SMTPError {
+		switch refuse.Load() {
+		case 5:
+			return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such mailbox")
+		case 4:
+			return smtpErr(451, smtp.EnhancedCode{4, 3, 2}, "busy")
+		}
+		return nil
+	})
+	cfg := smarthostConfig(t, sink)
+	cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Hour)}
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	send := func(n int) {
+		for i := 0; i < n; i++ {
+			if _, err := testenv.Send(relay.Addr(), testenv.Mail{From: "", To: []string{fmt.Sprintf("u%d@example.test", i)}, Data: testenv.RFC5322("x", testenv.Body(100))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(5)
+	testenv.Eventually(t, 30*time.Second, func() bool { return len(deadLetters(t, relay)) == 5 }, "not dead-lettered")
+
+	out := mustJR(t, relay, "deadletter", "list", "--limit", "2")
+	if !strings.Contains(out, "2 of 5 dead letter(s)\n") || strings.Count(out, "rejected") != 2 || !strings.Contains(out, "more dead letters: --after ") {
+		t.Fatalf("deadletter list --limit 2:\n%s", out)
+	}
+	after := strings.TrimSpace(out[strings.LastIndex(out, "--after ")+len("--after "):])
+	out = mustJR(t, relay, "deadletter", "list", "--limit", "2", "--after", after)
+	if !strings.Contains(out, "2 of 3 dead letter(s) after --after "+after) || strings.Count(out, "rejected") != 2 {
+		t.Fatalf("second page:\n%s", out)
+	}
+	if out := mustJR(t, relay, "deadletter", "list"); !strings.Contains(out, "\n5 dead letter(s)\n") {
+		t.Fatalf("whole list:\n%s", out)
+	}
+	// JSON pages are unchanged: the page, then "more".
+	if got := jsonLines[cli.DeadLetterJSON](t, mustJR(t, relay, "deadletter", "list", "--json", "--limit", "2"), "deadletter"); len(got) != 2 {
+		t.Fatalf("JSON page: %d", len(got))
+	}
+
+	// Replay them all into a deferral: one JSON line, nothing else on stdout.
+	refuse.Store(4)
+	out, errs, code := jr(t, relay, "deadletter", "replay", "--all", "--json")
+	if code != 0 || strings.Count(strings.TrimSpace(out), "\n") != 0 || strings.Contains(errs, "\x1b") {
+		t.Fatalf("replay --json: exit %d\n%s%s", code, out, errs)
+	}
+	var rs struct {
+		Type                      string
+		Replayed, Already, Failed int
+		DryRun                    bool `json:"dry_run"`
+	}
+	if err := json.Unmarshal([]byte(out), &rs); err != nil || rs.Type != "summary" || rs.Replayed != 5 || rs.Failed != 0 || rs.DryRun {
+		t.Fatalf("replay summary %+v (%v): %s", rs, err, out)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return relay.State().Scheduled == 5 }, "replayed jobs not deferred")
+
+	out = mustJR(t, relay, "queue", "list", "--limit", "2")
+	if !strings.Contains(out, "2 of 5 job(s) shown; 5 job(s), 0 ready/in flight, 5 scheduled") || !strings.Contains(out, "more jobs: --after ") {
+		t.Fatalf("queue list --limit 2:\n%s", out)
+	}
+
+	refuse.Store(0)
+	out, errs, code = jr(t, relay, "queue", "retry", "--all", "--json")
+	var qs struct {
+		Type   string
+		DueNow int `json:"due_now"`
+		Ready  int
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &qs) != nil || qs.Type != "summary" || qs.DueNow != 5 || strings.Contains(errs, "\x1b") {
+		t.Fatalf("queue retry --json: exit %d %+v\n%s%s", code, qs, out, errs)
+	}
+	sink.WaitFor(t, 5, 30*time.Second)
 }
