@@ -119,12 +119,14 @@ type Client struct {
 	log zerolog.Logger
 	set Settings
 
-	queues  []jetstream.Stream // the queue's shards
-	dlq     jetstream.Stream
-	bodies  jetstream.ObjectStore
-	refs    jetstream.KeyValue
-	rates   jetstream.KeyValue
-	maxData int // largest inline body that fits a message with its envelope
+	queues []jetstream.Stream // the queue's shards
+	dlq    jetstream.Stream
+	bodies jetstream.ObjectStore
+	refs   jetstream.KeyValue
+	rates  jetstream.KeyValue
+	// outcomes: the MAILDONE bucket exists (outcomes.go).
+	outcomes bool
+	maxData  int // largest inline body that fits a message with its envelope
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
 
