@@ -138,3 +138,131 @@ func TestDeadLetterListOfNAndSummaries(t *testing.T) {
 	}
 	sink.WaitFor(t, 5, 30*time.Second)
 }
+
+// sendWait runs `jetrelay send --wait` against the relay, as the README's
+// first test does, and returns the output, the queue ID and the exit code.
+func sendWait(t *testing.T, relay *testenv.Relay, wait string, to ...string) (string, string, int) {
+	t.Helper()
+	args := []string{"send", "--server", relay.Addr(), "--from", "app@client.test", "--wait=" + wait}
+	for _, r := range to {
+		args = append(args, "--to", r)
+	}
+	// The configuration of the relay, as the README's user has it.
+	cfg := fmt.Sprintf("data_dir: %s\n", relay.Cfg.DataDir)
+	if len(relay.Cfg.Delivery.Smarthost) > 0 {
+		cfg += fmt.Sprintf("delivery:\n  smarthost: %q\n", relay.Cfg.Delivery.Smarthost[0])
+	}
+	out, errs, code := jrFile(t, testenv.WriteConfig(t, cfg), args...)
+	qid := ""
+	if i := strings.Index(out, "queued as "); i >= 0 && len(out) >= i+10+16 {
+		qid = out[i+10 : i+10+16]
+	}
+	t.Logf("jetrelay %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errs)
+	return out + errs, qid, code
+}
+
+func wantLines(t *testing.T, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("missing %q in:\n%s", w, out)
+		}
+	}
+}
+
+// send --wait follows a message to its delivery: which host, which reply,
+// exit 0.
+func TestSendWaitDelivered(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	relay := testenv.StartRelay(t, smarthostConfig(t, sink), app.Options{})
+	out, qid, code := sendWait(t, relay, "30s", "you@corp.test")
+	if code != 0 || qid == "" {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	host, _, _ := strings.Cut(sink.Addr, ":")
+	wantLines(t, out, "following "+qid+" until it has an outcome (at most 30s)",
+		"<you@corp.test>: delivered to "+host+": 250 ")
+	if len(sink.Messages()) != 1 {
+		t.Fatalf("%d messages delivered", len(sink.Messages()))
+	}
+}
+
+// A first attempt that fails temporarily: the reply, the next attempt's
+// time, how to look and retry; exit 75.
+func TestSendWaitDeferred(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	sink.OnRcpt(func(string) *smtp.SMTPError { return smtpErr(451, smtp.EnhancedCode{4, 3, 2}, "system busy") })
+	cfg := smarthostConfig(t, sink)
+	cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Hour)}
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	out, qid, code := sendWait(t, relay, "30s", "you@corp.test")
+	if code != 75 {
+		t.Fatalf("exit %d, want 75:\n%s", code, out)
+	}
+	wantLines(t, out, "<you@corp.test>: deferred: 451 4.3.2 system busy", "attempt 2 at ", "(in ",
+		"See it with: jetrelay queue show "+qid, "Try again now with: jetrelay queue retry "+qid)
+}
+
+// Some recipients delivered, one refused: each with its outcome, the
+// dead letter's reason and how to replay it; exit 1.
+func TestSendWaitDeadLettered(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	sink.OnRcpt(func(r string) *smtp.SMTPError {
+		if strings.HasPrefix(r, "gone@") {
+			return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such mailbox")
+		}
+		return nil
+	})
+	relay := testenv.StartRelay(t, smarthostConfig(t, sink), app.Options{})
+	out, qid, code := sendWait(t, relay, "30s", "you@corp.test", "gone@corp.test")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	wantLines(t, out, "<you@corp.test>: delivered to ", "<gone@corp.test>: dead-lettered (rejected): 550 5.1.1 no such mailbox",
+		"The sender <app@client.test> gets a bounce", "jetrelay deadletter show "+qid, "send it again with: jetrelay deadletter replay "+qid)
+}
+
+// No smart host: the message goes to the recipient domain's MX hosts, so
+// a newcomer on a machine without DNS or internet sees the lookup fail,
+// in words, with the resolver it asked, when it tries again, and what to
+// do about it (exit 75); a resolver that says the domain does not exist
+// dead-letters it (exit 1). This is the README's first test.
+func TestSendWaitWithoutSmarthost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		servfail bool
+		code     int
+		want     []string
+	}{
+		{"resolver fails", true, 75, []string{"<you@example.com>: deferred: 451 4.4.3 MX lookup for example.com failed at resolver ", ": server misbehaving",
+			"attempt 2 at ", "example.com is reserved for examples and tests (RFC 2606): no MX host takes mail for it", "without a smart host (delivery.smarthost), jetrelay delivers to each recipient domain's MX hosts itself"}},
+		{"no such domain", false, 1, []string{"<you@example.com>: dead-lettered (rejected): 550 5.1.2 domain example.com not found: resolver ",
+			"answered that it does not exist", "without a smart host (delivery.smarthost)", "jetrelay deadletter replay "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dns := testenv.NewDNS(t)
+			dns.SetServFail("example.com", tc.servfail)
+			cfg := testenv.TestConfig(t)
+			cfg.Delivery.DNSServer = dns.Addr
+			cfg.Delivery.Retry.Schedule = []config.Duration{config.Duration(time.Minute)}
+			relay := testenv.StartRelay(t, cfg, app.Options{})
+			out, _, code := sendWait(t, relay, "30s", "you@example.com")
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d:\n%s", code, tc.code, out)
+			}
+			wantLines(t, out, append(tc.want, dns.Addr)...)
+		})
+	}
+}
+
+// Without a delivery process nothing happens to the message: send --wait
+// says so when its wait is over, exit 75.
+func TestSendWaitTimesOut(t *testing.T) {
+	relay := testenv.StartStages(t, testenv.TestConfig(t), app.Stages{Broker: true, Ingress: true}, app.Options{})
+	start := time.Now()
+	out, _, code := sendWait(t, relay, "1s", "you@corp.test")
+	if code != 75 || time.Since(start) > 20*time.Second {
+		t.Fatalf("exit %d after %s:\n%s", code, time.Since(start), out)
+	}
+	wantLines(t, out, "<you@corp.test>: still queued after 1s: the first attempt has not finished (is a delivery process running?")
+}
