@@ -268,7 +268,10 @@ func report(w io.Writer, cfg *config.Config, qid, from string, outs []outcome, s
 	}
 	switch {
 	case dead:
-		if from != "" {
+		switch {
+		case from != "" && reserved(contracts.AddrDomain(from)) && direct(cfg, contracts.AddrDomain(from)):
+			fmt.Fprintf(w, "A bounce goes to the sender <%s>, whose domain takes no mail either: it ends in the dead letters too (give send --from an address of yours).\n", from)
+		case from != "":
 			fmt.Fprintf(w, "The sender <%s> gets a bounce (a delivery status notification).\n", from)
 		}
 		fmt.Fprintf(w, "See it with: jetrelay deadletter show %s\nOnce the cause is fixed, send it again with: jetrelay deadletter replay %s\n", qid, qid)
@@ -309,13 +312,19 @@ func reserved(domain string) bool {
 	return false
 }
 
+// direct reports whether mail for domain goes to its MX hosts (no smart
+// host, no route), as this configuration says.
+func direct(cfg *config.Config, domain string) bool {
+	_, routed := cfg.Delivery.Routes[strings.ToLower(domain)]
+	return len(cfg.Delivery.Smarthost) == 0 && !routed
+}
+
 // routingHints explain a failure to reach the recipient's domain
 // directly: what direct MX delivery needs, and that reserved domains take
 // no mail.
 func routingHints(cfg *config.Config, o outcome, hint func(string)) {
 	dom := contracts.AddrDomain(o.addr)
-	_, routed := cfg.Delivery.Routes[strings.ToLower(dom)]
-	if len(cfg.Delivery.Smarthost) > 0 || routed || o.reply == nil {
+	if !direct(cfg, dom) || o.reply == nil {
 		return
 	}
 	if reserved(dom) {

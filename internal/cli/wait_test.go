@@ -75,30 +75,35 @@ func TestReport(t *testing.T) {
 	next := time.Now().Add(5 * time.Minute)
 	for _, tc := range []struct {
 		name string
+		from string
 		outs []outcome
 		code int
 		want []string
 	}{
-		{"delivered", []outcome{{addr: "a@corp.example", state: stateDone, reply: &contracts.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK", Host: "mx.corp.example"}}},
+		{"delivered", "app@corp.net", []outcome{{addr: "a@corp.example", state: stateDone, reply: &contracts.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK", Host: "mx.corp.example"}}},
 			0, []string{"<a@corp.example>: delivered to mx.corp.example: 250 2.0.0 OK"}},
-		{"delivered without a record", []outcome{{addr: "a@corp.example", state: stateDone, norec: true}},
+		{"delivered without a record", "app@corp.net", []outcome{{addr: "a@corp.example", state: stateDone, norec: true}},
 			0, []string{"<a@corp.example>: delivered: the message left the queue without a dead letter"}},
-		{"deferred", []outcome{{addr: "a@corp.example", state: stateDeferred, attempt: 2, next: next,
+		{"deferred", "app@corp.net", []outcome{{addr: "a@corp.example", state: stateDeferred, attempt: 2, next: next,
 			reply: &contracts.Reply{Code: 451, Enhanced: "4.4.1", Text: "connection refused by mx.corp.example", Host: "mx.corp.example"}}},
 			75, []string{"<a@corp.example>: deferred: 451 4.4.1 connection refused by mx.corp.example\n", "attempt 2 at " + next.Local().Format("15:04:05"),
 				"without a smart host (delivery.smarthost)", "jetrelay queue retry 2N14RHDRP8P0BKGG"}},
-		{"dead and delivered", []outcome{
+		{"dead and delivered", "app@corp.net", []outcome{
 			{addr: "a@corp.example", state: stateDone, reply: &contracts.Reply{Code: 250, Text: "OK", Host: "mx.corp.example"}},
 			{addr: "b@corp.example", state: stateDead, why: "expired", detail: "still failing temporarily after 120h0m0s (delivery.retry.max_age)",
 				reply: &contracts.Reply{Code: 451, Enhanced: "4.3.2", Text: "delivery time expired: busy", Host: "mx.corp.example"}}},
 			1, []string{"<b@corp.example>: dead-lettered (expired): 451 4.3.2 delivery time expired: busy (from mx.corp.example)",
-				"still failing temporarily after", "The sender <app@corp.example> gets a bounce", "jetrelay deadletter replay 2N14RHDRP8P0BKGG"}},
-		{"no outcome in time", []outcome{{addr: "a@corp.example", state: statePending, attempt: 1}},
+				"still failing temporarily after", "The sender <app@corp.net> gets a bounce", "jetrelay deadletter replay 2N14RHDRP8P0BKGG"}},
+		{"a bounce that cannot be delivered", "jetrelay-test@localhost", []outcome{{addr: "a@example.com", state: stateDead, why: "rejected",
+			reply: &contracts.Reply{Code: 556, Enhanced: "5.1.10", Text: "example.com does not accept mail (null MX)"}}},
+			1, []string{"<a@example.com>: dead-lettered (rejected): 556 5.1.10 example.com does not accept mail (null MX)",
+				"example.com is reserved for examples and tests", "A bounce goes to the sender <jetrelay-test@localhost>, whose domain takes no mail either"}},
+		{"no outcome in time", "app@corp.net", []outcome{{addr: "a@corp.example", state: statePending, attempt: 1}},
 			75, []string{"<a@corp.example>: still queued after 2m0s: the first attempt has not finished (is a delivery process running?"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			code := report(&buf, cfg, "2N14RHDRP8P0BKGG", "app@corp.example", tc.outs, &snapshot{kept: true}, 2*time.Minute)
+			code := report(&buf, cfg, "2N14RHDRP8P0BKGG", tc.from, tc.outs, &snapshot{kept: true}, 2*time.Minute)
 			if code != tc.code {
 				t.Errorf("exit %d, want %d", code, tc.code)
 			}
