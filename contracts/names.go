@@ -32,8 +32,7 @@ const (
 	// each of them with which reply, under "<queue id>.<part>" (the part
 	// "_" for the job the ingress queued). It is kept in the broker's
 	// memory for an hour and bounded in size, oldest records first out:
-	// a record for `jetrelay send --wait` and `queue show`, never part of
-	// the lifecycle.
+	// a record for `jetrelay send --wait`, never part of the lifecycle.
 	BucketOutcomes = "MAILDONE"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
