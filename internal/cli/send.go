@@ -105,13 +105,19 @@ was deferred or has no outcome within the wait (2m without a value), and
 				}
 			}
 			res, err := runSend(o, body, pass, g.stdout)
-			if err != nil || o.wait == 0 {
+			if o.wait == 0 || (err != nil && res.queueID == "") {
 				return err
 			}
 			if res.queueID == "" {
 				return exitError{code: exitFailed, msg: "--wait follows a message by the queue ID of jetrelay's reply \"250 2.0.0 queued as <id>\", and this server's reply names none"}
 			}
-			if code := follow(cmd.Context(), bc, cfg, res.queueID, o.from, res.rcpts, o.wait, g.stdout); code != 0 {
+			// Queued for some recipients (err: others were refused at
+			// RCPT): follow those, and fail for the refused ones.
+			code := follow(cmd.Context(), bc, cfg, res.queueID, o.from, res.rcpts, o.wait, g.stdout)
+			if err != nil {
+				return exitError{code: exitFailed, msg: "some recipients were refused: " + err.Error()}
+			}
+			if code != 0 {
 				return exitError{code: code}
 			}
 			return nil

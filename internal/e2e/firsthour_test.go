@@ -266,3 +266,20 @@ func TestSendWaitTimesOut(t *testing.T) {
 	}
 	wantLines(t, out, "<you@corp.test>: still queued after 1s: the first attempt has not finished (is a delivery process running?")
 }
+
+// A recipient the relay refuses at RCPT fails the command, and the ones it
+// took are still followed to their outcome.
+func TestSendWaitSomeRecipientsRefused(t *testing.T) {
+	sink := testenv.NewSink(t, testenv.SinkOptions{})
+	cfg := smarthostConfig(t, sink)
+	cfg.Ingress.MaxRecipients = 1
+	relay := testenv.StartRelay(t, cfg, app.Options{})
+	out, _, code := sendWait(t, relay, "30s", "you@corp.test", "other@corp.test")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	wantLines(t, out, "<you@corp.test>: delivered to ", "some recipients were refused: server said 452")
+	if strings.Contains(out, "<other@corp.test>:") {
+		t.Errorf("a refused recipient followed:\n%s", out)
+	}
+}
