@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jetrelay/jetrelay/contracts"
 	"github.com/jetrelay/jetrelay/internal/bench"
 	"github.com/rs/zerolog"
 )
@@ -59,4 +60,48 @@ func BenchmarkBodyRoundTrip(b *testing.B) {
 			b.ReportMetric((bench.SelfCPU()-cpu0)*1000/float64(b.N), "cpu-ms/op")
 		})
 	}
+}
+
+// BenchmarkOutcomeRecord: the outcome record of a job delivered to one
+// recipient (outcomes.go), what Settle adds per job, sent in-process as
+// `jetrelay serve` does, until the broker has stored every record.
+// cpu-us/op is this process's CPU per record, client and server together.
+func BenchmarkOutcomeRecord(b *testing.B) {
+	e := startTest(b, b.TempDir())
+	cr := e.Credentials()
+	c, err := Connect(context.Background(), ConnectOptions{Name: "bench", InProcess: e.Server(), User: cr.User, Password: cr.Password}, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	ctx := context.Background()
+	if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 1}); err != nil {
+		b.Fatal(err)
+	}
+	st, err := c.js.Stream(ctx, outcomeStream)
+	if err != nil {
+		b.Fatal(err)
+	}
+	delivered := []contracts.Recipient{{Addr: "someone@example.test", LastReply: &contracts.Reply{Code: 250, Enhanced: "2.0.0",
+		Text: "Ok: queued as 4XYZ12AB", Host: "mx1.example.test"}}}
+	now := time.Now()
+	b.ReportAllocs()
+	cpu0 := bench.SelfCPU()
+	n := 0
+	for b.Loop() {
+		n++
+		j := &contracts.Job{QueueID: contracts.NewQueueID(now), Attempt: 1}
+		c.noteDelivered(j, delivered, now)
+	}
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if info.State.Msgs >= uint64(n) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric((bench.SelfCPU()-cpu0)*1e6/float64(b.N), "cpu-us/op")
 }

@@ -39,6 +39,76 @@ type ConnectOptions struct {
 	// RetryOnFailedConnect keeps trying in the background instead of
 	// failing when no server answers at start.
 	RetryOnFailedConnect bool
+	// CredentialsFrom says where the credentials came from, in the
+	// operator's terms ("broker.user and broker.password",
+	// "data_dir/broker.json (/var/lib/jetrelay/broker.json)"), for the
+	// error when the broker refuses them.
+	CredentialsFrom string
+}
+
+// ErrRefused means the broker refused the client's credentials.
+var ErrRefused = errors.New("the broker refused the credentials")
+
+// refusal describes a connection the broker refused: which broker, which
+// credentials, where they came from.
+type refusal struct {
+	servers, who, from string
+}
+
+// authFailure turns a refused connection into an error that says who
+// refused what, or returns nil when err is not a refusal.
+func (r refusal) authFailure(err error) error {
+	if !isAuthError(err) {
+		return nil
+	}
+	msg := fmt.Sprintf("the broker at %s refused %s (%v)", r.servers, r.who, err)
+	if r.from != "" {
+		msg += "; they come from " + r.from
+	}
+	return &refusedError{msg: msg, err: err}
+}
+
+// refusedError is ErrRefused with who refused what.
+type refusedError struct {
+	msg string
+	err error
+}
+
+func (e *refusedError) Error() string   { return e.msg }
+func (e *refusedError) Unwrap() []error { return []error{ErrRefused, e.err} }
+
+func isAuthError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
+}
+
+// describeCredentials names the credentials a connection presents,
+// without their secrets.
+func describeCredentials(o ConnectOptions) string {
+	var parts []string
+	if o.User != "" {
+		p := fmt.Sprintf("user %q with a password", o.User)
+		if o.Password == "" {
+			p = fmt.Sprintf("user %q without a password", o.User)
+		}
+		parts = append(parts, p)
+	}
+	if o.Token != "" {
+		parts = append(parts, "a token")
+	}
+	if o.CredentialsFile != "" {
+		parts = append(parts, "the credentials file "+o.CredentialsFile)
+	}
+	if o.NKeyFile != "" {
+		parts = append(parts, "the NKey seed in "+o.NKeyFile)
+	}
+	if o.CertFile != "" {
+		parts = append(parts, "the client certificate "+o.CertFile)
+	}
+	if len(parts) == 0 {
+		return "a connection without credentials"
+	}
+	return strings.Join(parts, " and ")
 }
 
 // Client is a connection to JetStream with jetrelay's streams, buckets and
@@ -49,12 +119,14 @@ type Client struct {
 	log zerolog.Logger
 	set Settings
 
-	queues  []jetstream.Stream // the queue's shards
-	dlq     jetstream.Stream
-	bodies  jetstream.ObjectStore
-	refs    jetstream.KeyValue
-	rates   jetstream.KeyValue
-	maxData int // largest inline body that fits a message with its envelope
+	queues []jetstream.Stream // the queue's shards
+	dlq    jetstream.Stream
+	bodies jetstream.ObjectStore
+	refs   jetstream.KeyValue
+	rates  jetstream.KeyValue
+	// outcomes: the MAILDONE bucket exists (outcomes.go).
+	outcomes bool
+	maxData  int // largest inline body that fits a message with its envelope
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
 
@@ -65,6 +137,8 @@ type Client struct {
 	// reconnected fires whenever the connection comes back after losing
 	// its server: requests in flight before may be gone with it.
 	reconnected *signal
+	// refusal describes the connection for an authentication failure.
+	refusal refusal
 
 	storage storageState
 }
@@ -165,8 +239,12 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 	if o.InProcess == nil && servers == "" {
 		return nil, errors.New("broker: no server URL")
 	}
+	ref := refusal{servers: redactURLs(o.URLs), who: describeCredentials(o), from: o.CredentialsFrom}
 	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
+		if aerr := ref.authFailure(err); aerr != nil {
+			return nil, aerr
+		}
 		return nil, fmt.Errorf("cannot reach the broker at %s: %w", redactURLs(o.URLs), err)
 	}
 	js, err := jetstream.New(nc)
@@ -174,7 +252,7 @@ func Connect(ctx context.Context, o ConnectOptions, log zerolog.Logger) (*Client
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	c := &Client{nc: nc, js: js, log: log, reconnected: reconnected, leases: map[*Lease]struct{}{}}
+	c := &Client{nc: nc, js: js, log: log, reconnected: reconnected, leases: map[*Lease]struct{}{}, refusal: ref}
 	return c, nil
 }
 
@@ -185,6 +263,13 @@ func (c *Client) WaitConnected(ctx context.Context, log zerolog.Logger) error {
 	nextLog := start.Add(2 * time.Second)
 	for !c.nc.IsConnected() {
 		if c.nc.IsClosed() {
+			last := c.nc.LastError()
+			if err := c.refusal.authFailure(last); err != nil {
+				return err
+			}
+			if last != nil {
+				return fmt.Errorf("broker connection closed: %w", last)
+			}
 			return errors.New("broker connection closed")
 		}
 		if time.Now().After(nextLog) {

@@ -15,8 +15,8 @@
 //     for the operator.
 //
 // Reading needs no lifecycle: ScanQueue and ScanDeadLetters read the
-// streams in order, MessageJobs and MessageDeadLetters find a message's
-// records by its queue ID, OpenJobBody opens a message. No other package
+// streams in order, MessageJobs, MessageDeadLetters and MessageDelivered
+// find a message's records by its queue ID, OpenJobBody opens a message. No other package
 // of the relay imports nats.go (tests aside), publishes, or touches a body
 // object's holders.
 //
@@ -31,7 +31,12 @@
 //     written and read one chunk in flight at a time, on a stream cut into
 //     4 MiB blocks (BodyStreamConfig);
 //   - MAILREFS, a key-value bucket that records which jobs and dead
-//     letters still hold each body, and which dead letters were replayed.
+//     letters still hold each body, and which dead letters were replayed;
+//   - MAILRATE, the routes' rate-limit counters and concurrency slots;
+//   - MAILDONE, the outcome record (outcomes.go): for an hour, in memory,
+//     bounded, which host accepted each delivered recipient with which
+//     reply; optional (a broker that refuses it costs only the record)
+//     and never waited for.
 //
 // Invariants:
 //

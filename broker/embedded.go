@@ -10,7 +10,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,7 +210,8 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	nlog := log.With().Str("component", "nats").Logger()
-	srv.SetLoggerV2(&natsLogger{l: nlog}, false, false, false)
+	nl := &natsLogger{l: nlog, starting: true, banner: map[string]string{}}
+	srv.SetLoggerV2(nl, false, false, false)
 	srv.Start()
 	if !srv.ReadyForConnections(60 * time.Second) {
 		srv.Shutdown()
@@ -222,8 +226,32 @@ func StartEmbedded(opts EmbeddedOptions, log zerolog.Logger) (*Embedded, error) 
 		srv.Shutdown()
 		return nil, err
 	}
-	log.Info().Str("url", creds.URL).Str("store", sopts.StoreDir).Bool("sync_always", opts.SyncAlways).
-		Msg("embedded broker ready")
+	sync := "always"
+	if !opts.SyncAlways {
+		iv := opts.SyncInterval
+		if iv <= 0 {
+			iv = 2 * time.Minute // NATS's default
+		}
+		sync = "every " + iv.String()
+	}
+	// The server's start-up banner, folded into this one line.
+	ev := log.Info().Str("url", creds.URL).Str("store", sopts.StoreDir).Str("sync", sync).Bool("sync_always", opts.SyncAlways)
+	banner := nl.started()
+	keys := make([]string, 0, len(banner))
+	for k := range banner {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	rest := log.Debug()
+	for _, k := range keys {
+		if bannerInfo[k] {
+			ev = ev.Str(k, banner[k])
+		} else {
+			rest = rest.Str(k, banner[k])
+		}
+	}
+	ev.Msg("embedded broker ready")
+	rest.Msg("embedded broker: the rest of the NATS start-up banner")
 	e := &Embedded{srv: srv, creds: creds, log: log, clustered: opts.Cluster != nil}
 	e.startStorageWatch(sopts.StoreDir, opts.MinFree)
 	return e, nil
@@ -310,12 +338,112 @@ func randomSecret() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// natsLogger routes the NATS server's log into zerolog.
-type natsLogger struct{ l zerolog.Logger }
+// natsLogger routes the NATS server's log into zerolog. While the server
+// starts, it folds the start-up banner — two dozen notices, ASCII art,
+// "  Version:  2.15.3", the JetStream box, the restore of every stream —
+// into fields that StartEmbedded logs as one line ("embedded broker
+// ready"); a notice the banner does not account for, and every warning
+// and error, passes through as it comes.
+type natsLogger struct {
+	l zerolog.Logger
 
-func (n *natsLogger) Noticef(format string, v ...any) { n.l.Info().Msgf(format, v...) }
-func (n *natsLogger) Warnf(format string, v ...any)   { n.l.Warn().Msgf(format, v...) }
-func (n *natsLogger) Fatalf(format string, v ...any)  { n.l.Error().Msgf(format, v...) }
-func (n *natsLogger) Errorf(format string, v ...any)  { n.l.Error().Msgf(format, v...) }
-func (n *natsLogger) Debugf(format string, v ...any)  { n.l.Debug().Msgf(format, v...) }
-func (n *natsLogger) Tracef(format string, v ...any)  { n.l.Trace().Msgf(format, v...) }
+	mu       sync.Mutex
+	starting bool
+	banner   map[string]string
+	streams  int // streams restored at start
+	msgs     int64
+}
+
+// bannerField is a "  Key:   value" line of the banner.
+var bannerField = regexp.MustCompile(`^\s+([A-Za-z][A-Za-z ]*[A-Za-z]):\s+(.*)$`)
+
+// restored is NATS's "Restored 1,234 messages for stream '$G > MAILQ_0' in 2ms".
+var restored = regexp.MustCompile(`^Restored ([0-9,]+) messages for stream`)
+
+// bannerKeys renames the banner's keys to log fields.
+var bannerKeys = map[string]string{
+	"version": "nats_version", "name": "server_name", "id": "server_id", "node": "server_node",
+	"store directory": "jetstream_store", "max storage": "jetstream_max_storage", "max memory": "jetstream_max_memory",
+	"api level": "jetstream_api_level", "strict": "jetstream_strict", "git": "nats_git",
+}
+
+// bannerInfo are the banner's fields that go on the info line; the rest
+// are logged at debug level.
+var bannerInfo = map[string]bool{
+	"nats_version": true, "server_name": true, "listen": true, "jetstream_max_storage": true,
+	"jetstream_start": true, "restored": true,
+}
+
+func (n *natsLogger) Noticef(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	if n.fold(msg) {
+		return
+	}
+	n.l.Info().Msg(msg)
+}
+
+// fold takes a notice into the banner while the server starts, and
+// reports whether it did.
+func (n *natsLogger) fold(msg string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.starting {
+		return false
+	}
+	t := strings.TrimSpace(msg)
+	switch {
+	case t == "", t == "Starting nats-server", t == "Starting JetStream", t == "Server is ready",
+		strings.HasPrefix(t, "https://docs.nats.io"), strings.HasPrefix(t, "---"),
+		strings.Trim(t, " _|/\\()") == "", // the ASCII-art logo
+		strings.HasPrefix(t, "Recovering JetStream state for account"), strings.HasPrefix(t, "Starting restore for stream"),
+		strings.HasPrefix(t, "Recovering ") && strings.Contains(t, " consumers for stream"):
+		return true
+	}
+	if m := restored.FindStringSubmatch(t); m != nil {
+		c, _ := strconv.ParseInt(strings.ReplaceAll(m[1], ",", ""), 10, 64)
+		n.streams++
+		n.msgs += c
+		return true
+	}
+	if a, ok := strings.CutPrefix(t, "Listening for client connections on "); ok {
+		n.banner["listen"] = a
+		return true
+	}
+	if d, ok := strings.CutPrefix(t, "Took "); ok && strings.HasSuffix(d, " to start JetStream") {
+		n.banner["jetstream_start"] = strings.TrimSuffix(d, " to start JetStream")
+		return true
+	}
+	if m := bannerField.FindStringSubmatch(msg); m != nil {
+		k := strings.ToLower(m[1])
+		if f, ok := bannerKeys[k]; ok {
+			k = f
+		} else {
+			k = "nats_" + strings.ReplaceAll(k, " ", "_")
+		}
+		n.banner[k] = strings.Trim(m[2], `"`)
+		return true
+	}
+	return false
+}
+
+// started ends the folding and returns the banner's fields.
+func (n *natsLogger) started() map[string]string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.starting = false
+	out := n.banner
+	if out["nats_git"] == "[not set]" {
+		delete(out, "nats_git")
+	}
+	if n.streams > 0 {
+		out["restored"] = fmt.Sprintf("%d messages in %d streams", n.msgs, n.streams)
+	}
+	n.banner = nil
+	return out
+}
+
+func (n *natsLogger) Warnf(format string, v ...any)  { n.l.Warn().Msgf(format, v...) }
+func (n *natsLogger) Fatalf(format string, v ...any) { n.l.Error().Msgf(format, v...) }
+func (n *natsLogger) Errorf(format string, v ...any) { n.l.Error().Msgf(format, v...) }
+func (n *natsLogger) Debugf(format string, v ...any) { n.l.Debug().Msgf(format, v...) }
+func (n *natsLogger) Tracef(format string, v ...any) { n.l.Trace().Msgf(format, v...) }

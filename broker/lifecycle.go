@@ -108,7 +108,9 @@ type Notice struct {
 // order that survives a crash at any point (every write is idempotent and
 // is repeated when the job runs again): the body's new holders, the
 // retries, the dead letter, the notices, and last this job's hold on the
-// body. Each write is retried while the broker is unavailable.
+// body. Each write is retried while the broker is unavailable. Then it
+// sends, without waiting, the outcome record of the delivered recipients
+// (outcomes.go), which nothing depends on.
 func (c *Client) record(ctx context.Context, j *contracts.Job, inline []byte, o Outcome, now time.Time) error {
 	type later struct {
 		job *contracts.Job
@@ -162,6 +164,9 @@ func (c *Client) record(ctx context.Context, j *contracts.Job, inline []byte, o 
 			return err
 		}
 	}
+	// Last, and without waiting: the record of where the delivered
+	// recipients went (outcomes.go), for send --wait.
+	c.noteDelivered(j, o.Delivered, now)
 	return nil
 }
 

@@ -312,6 +312,7 @@ func (c *Client) provision(ctx context.Context, s Settings) error {
 			return fmt.Errorf("provision %s: %w", st.what, err)
 		}
 	}
+	c.provisionOutcomes(ctx, s)
 	c.setInlineLimit()
 	return nil
 }
@@ -357,6 +358,7 @@ func (c *Client) Bind(ctx context.Context, s Settings) error {
 			return err
 		}},
 	}...)
+	steps = append(steps, step{"key-value " + contracts.BucketOutcomes + " (optional)", c.bindOutcomes})
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {

@@ -27,6 +27,13 @@ const (
 	// counter per route and window, and a slot per concurrent delivery,
 	// shared by every worker.
 	BucketRates = "MAILRATE"
+	// BucketOutcomes is the key-value bucket of recent final outcomes: for
+	// each job settled with delivered recipients, which host accepted
+	// each of them with which reply, under "<queue id>.<part>" (the part
+	// "_" for the job the ingress queued). It is kept in the broker's
+	// memory for an hour and bounded in size, oldest records first out:
+	// a record for `jetrelay send --wait`, never part of the lifecycle.
+	BucketOutcomes = "MAILDONE"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"

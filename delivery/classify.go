@@ -85,6 +85,10 @@ type RouteError struct {
 	Kind   RouteFailure
 	Domain string
 	Err    error // the resolver's error, if any
+	// Resolver names the DNS server that answered or failed
+	// ("resolver 10.0.0.53:53", "system resolver 127.0.0.53:53"), and
+	// What the lookup ("MX", "address").
+	Resolver, What string
 }
 
 // RouteFailure says why routing failed.
@@ -104,10 +108,14 @@ const (
 )
 
 func (e *RouteError) Error() string {
-	if e.Err != nil {
-		return fmt.Sprintf("routing %s: %v", e.Domain, e.Err)
+	at := ""
+	if e.Resolver != "" {
+		at = " (" + e.Resolver + ")"
 	}
-	return "routing " + e.Domain
+	if e.Err != nil {
+		return fmt.Sprintf("routing %s%s: %v", e.Domain, at, e.Err)
+	}
+	return "routing " + e.Domain + at
 }
 
 // RetryAfterError is a failure after which the next hop asked not to be
@@ -334,6 +342,9 @@ func classifyRoute(e *RouteError) Verdict {
 	}
 	switch e.Kind {
 	case RouteNotFound:
+		if e.Resolver != "" {
+			return perm(550, "5.1.2", "domain "+e.Domain+" not found: "+e.Resolver+" answered that it does not exist")
+		}
 		return perm(550, "5.1.2", "domain "+e.Domain+" not found")
 	case RouteNullMX:
 		return perm(556, "5.1.10", e.Domain+" does not accept mail (null MX)")
@@ -342,16 +353,44 @@ func classifyRoute(e *RouteError) Verdict {
 	case RouteNoAddress:
 		return Verdict{Class: Deferred, Reply: &contracts.Reply{Code: 451, Enhanced: "4.4.4", Text: "no address found for the MX hosts of " + e.Domain}}
 	}
-	return Verdict{Class: Deferred, Reply: &contracts.Reply{Code: 451, Enhanced: "4.4.3", Text: fmt.Sprintf("DNS lookup for %s failed: %v", e.Domain, e.Err)}}
+	what, at := e.What, e.Resolver
+	if what == "" {
+		what = "DNS"
+	}
+	if at == "" {
+		at = "the resolver"
+	}
+	return Verdict{Class: Deferred, Reply: &contracts.Reply{Code: 451, Enhanced: "4.4.3",
+		Text: fmt.Sprintf("%s lookup for %s failed at %s: %s", what, e.Domain, at, dnsReason(e.Err))}}
 }
 
 // dnsError turns a lookup failure into a RouteError: NXDOMAIN means the
-// domain does not exist, anything else that the lookup failed.
-func dnsError(domain, what string, err error) error {
+// domain does not exist, anything else that the lookup failed. resolver
+// names the server asked (see Router.resolverOf).
+func dnsError(domain, what, resolver string, err error) error {
 	if isNotFound(err) {
-		return &RouteError{Kind: RouteNotFound, Domain: domain, Err: err}
+		return &RouteError{Kind: RouteNotFound, Domain: domain, Err: err, Resolver: resolver, What: what}
 	}
-	return &RouteError{Kind: RouteDNS, Domain: domain, Err: fmt.Errorf("%s lookup: %w", what, err)}
+	return &RouteError{Kind: RouteDNS, Domain: domain, Err: err, Resolver: resolver, What: what}
+}
+
+// dnsReason is what went wrong with a lookup, without Go's "lookup
+// <name> on <server>:" in front: that names the server of
+// /etc/resolv.conf even when another resolver was asked.
+func dnsReason(err error) string {
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		switch {
+		case de.IsTimeout:
+			return "no answer in time (" + de.Err + ")"
+		case de.Err != "":
+			return de.Err
+		}
+	}
+	if err == nil {
+		return "no answer"
+	}
+	return err.Error()
 }
 
 func isNotFound(err error) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -245,7 +246,7 @@ func (r *Router) hops(ctx context.Context, d *Destination) ([]hop, error) {
 		// §5.1), if it has an address at all.
 		hosts = []string{d.Domain}
 	default:
-		return nil, dnsError(d.Domain, "MX", err)
+		return nil, dnsError(d.Domain, "MX", r.resolverOf(err), err)
 	}
 	var out []hop
 	var lastErr error
@@ -267,14 +268,29 @@ func (r *Router) hops(ctx context.Context, d *Destination) ([]hop, error) {
 	}
 	if len(out) == 0 {
 		if len(hosts) == 1 && hosts[0] == d.Domain && (lastErr == nil || isNotFound(lastErr)) {
-			return nil, &RouteError{Kind: RouteNotFound, Domain: d.Domain, Err: lastErr}
+			return nil, &RouteError{Kind: RouteNotFound, Domain: d.Domain, Err: lastErr, Resolver: r.resolverOf(lastErr), What: "MX and address"}
 		}
 		if lastErr != nil && !isNotFound(lastErr) {
-			return nil, dnsError(d.Domain, "address", lastErr)
+			return nil, dnsError(d.Domain, "address", r.resolverOf(lastErr), lastErr)
 		}
-		return nil, &RouteError{Kind: RouteNoAddress, Domain: d.Domain, Err: lastErr}
+		return nil, &RouteError{Kind: RouteNoAddress, Domain: d.Domain, Err: lastErr, Resolver: r.resolverOf(lastErr), What: "address"}
 	}
 	return out, nil
+}
+
+// resolverOf names the DNS server a lookup went to: the configured one
+// (RouterOptions.DNSServer; Go's error then still names the server of
+// /etc/resolv.conf, which was not asked), else the system's as Go's error
+// reports it.
+func (r *Router) resolverOf(err error) string {
+	if r.o.DNSServer != "" {
+		return "resolver " + r.o.DNSServer
+	}
+	var de *net.DNSError
+	if errors.As(err, &de) && de.Server != "" {
+		return "system resolver " + de.Server
+	}
+	return "the system resolver"
 }
 
 // orderMX sorts by preference and shuffles hosts of equal preference

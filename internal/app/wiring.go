@@ -83,6 +83,7 @@ func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zer
 		}
 		o.Password = p
 	}
+	o.CredentialsFrom = brokerCredentialKeys(cfg)
 	noAuth := o.User == "" && o.Token == "" && o.CredentialsFile == "" && o.NKeyFile == ""
 	if len(o.URLs) == 0 || noAuth {
 		creds, err := broker.ReadCredentials(cfg.DataDir)
@@ -95,11 +96,42 @@ func ConnectBroker(ctx context.Context, cfg *config.Config, name string, log zer
 				o.URLs = []string{creds.URL}
 			}
 			o.User, o.Password = creds.User, creds.Password
+			o.CredentialsFrom = fmt.Sprintf("%s, which the embedded broker of this data_dir writes at its start; a broker started with another data_dir (or one that generated new credentials since) does not accept them: use the same data_dir, or set broker.url with broker.user and broker.password",
+				broker.CredentialsFile(cfg.DataDir))
 		case len(o.URLs) == 0:
 			return nil, fmt.Errorf("no broker.url and %w", err)
 		}
 	}
 	return broker.Connect(ctx, o, log)
+}
+
+// brokerCredentialKeys names the configuration keys that set the broker
+// credentials, for the error when the broker refuses them.
+func brokerCredentialKeys(cfg *config.Config) string {
+	var keys []string
+	b := cfg.Broker
+	switch {
+	case b.User != "" && b.PasswordFile != "":
+		keys = append(keys, "broker.user and broker.password_file")
+	case b.User != "":
+		keys = append(keys, "broker.user and broker.password")
+	}
+	if b.Token != "" {
+		keys = append(keys, "broker.token")
+	}
+	if b.Credentials != "" {
+		keys = append(keys, "broker.credentials")
+	}
+	if b.NKeyFile != "" {
+		keys = append(keys, "broker.nkey_file")
+	}
+	if b.TLS.Cert != "" {
+		keys = append(keys, "broker.tls.cert and broker.tls.key")
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	return "the configuration keys " + strings.Join(keys, ", ") + " (or their JETRELAY_BROKER_* variables)"
 }
 
 // BrokerSettings derives the broker layout parameters from the configuration.

@@ -80,6 +80,44 @@ func runList(cmd *cobra.Command, g *globals, lf *listFlags, ff *filterFlags, nou
 	return nil
 }
 
+// pager cuts a listing at its limit while it goes on counting, so that a
+// limited page can say how much there is ("3 of 307").
+type pager struct {
+	limit       int    // 0: no limit
+	shown, seen int    // rows printed, rows matched
+	last, next  uint64 // cursor of the last row printed; of the page cut (0: none)
+}
+
+// take counts a matching row at cursor and reports whether to print it.
+func (p *pager) take(cursor uint64) bool {
+	p.seen++
+	if p.limit > 0 && p.shown == p.limit {
+		if p.next == 0 {
+			p.next = p.last
+		}
+		return false
+	}
+	p.shown++
+	p.last = cursor
+	return true
+}
+
+// count is "3 of 307" when the page was cut, else "307".
+func (p *pager) count() string {
+	if p.seen > p.shown {
+		return fmt.Sprintf("%d of %d", p.shown, p.seen)
+	}
+	return fmt.Sprint(p.shown)
+}
+
+// from says where the count starts when a page was asked for with --after.
+func (p *pager) from(after uint64) string {
+	if after == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" after --after %d", after)
+}
+
 // listFlags are the paging and output flags of every list command.
 type listFlags struct {
 	json  bool

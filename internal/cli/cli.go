@@ -5,6 +5,13 @@
 // It is the only place that reads flags, the environment and the config
 // file, and the only place that wires stages together; the stages
 // themselves know nothing of each other.
+//
+// Invariants: operator commands change state only through the broker's
+// lifecycle operations; what they print is true of the whole selection
+// ("3 of 307" when a page is cut); decoration (progress bars, colour) goes
+// only to a terminal, never into a pipe, a file or a test's buffer; with
+// --json stdout carries only JSON Lines; exit codes mean what they say
+// (send --wait: 0 delivered, 75 deferred or no outcome yet, 1 failed).
 package cli
 
 import (
@@ -143,7 +150,7 @@ func (g *globals) loadValid(extra map[string]string) (*config.Config, zerolog.Lo
 		return nil, zerolog.Nop(), err
 	}
 	if err := cfg.Validate(); err != nil {
-		return nil, zerolog.Nop(), fmt.Errorf("invalid configuration (run `jetrelay config check`):\n%w", err)
+		return nil, zerolog.Nop(), fmt.Errorf("invalid configuration (run `jetrelay config check`):\n%w", src.Locate(err))
 	}
 	log := logging.New(g.stderr, cfg.Log.Level, cfg.Log.Format)
 	for _, w := range src.Warnings {

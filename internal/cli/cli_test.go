@@ -91,3 +91,46 @@ func TestOperatorCommandsExplainUnreachableBroker(t *testing.T) {
 		t.Fatalf("replay without a selection: %d %s", code, errs)
 	}
 }
+
+// config check reports the problems of reading the file and those of the
+// values together, each with its line, and prints notes and warnings.
+func TestConfigCheckEverythingAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "relay.yaml")
+	os.WriteFile(file, []byte(`hostname: relay
+ingress:
+  relay_network: ["10.0.0.0/8"]
+  max_recipients: lots
+delivery:
+  smarthost: smtp.corp.example
+  concurrency: 0
+  retry:
+    max_age: 5 days
+log:
+  level: chatty
+`), 0o600)
+	code, out, errs := run(t, "", "config", "check", "--config", file)
+	if code != 1 {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	for _, want := range []string{
+		"5 problem(s)",
+		file + ":3: ingress.relay_network: unknown key; did you mean `relay_networks`?",
+		file + ":4: ingress.max_recipients: `lots` is not a whole number",
+		file + ":9: delivery.retry.max_age: `5 days` is not a duration",
+		file + ":7: delivery.concurrency: must be between 1 and 10000, got 0",
+		file + ":11: log.level: must be trace, debug, info, warn or error, got \"chatty\"",
+	} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("missing %q in:\n%s", want, errs)
+		}
+	}
+	for _, want := range []string{
+		"# note: delivery.smarthost smtp.corp.example has no port: port 25 is used (smtp.corp.example:25)",
+		`# warning: hostname "relay" is not a fully-qualified domain name`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+}

@@ -17,17 +17,26 @@ func newConfigCmd(g *globals) *cobra.Command {
 		Short: "Validate the configuration and print it as it takes effect, secrets redacted",
 		Long: `check loads the configuration the way every command does (defaults, then
 --config FILE, then JETRELAY_* environment variables, then flags), reports
-every problem it finds at once, and prints the effective configuration
-with passwords and tokens redacted. It exits 1 when there is a problem.`,
+every problem it finds at once (each with its file:line, or the variable
+or flag that set it, in words: an unknown key with the closest known one,
+a value of the wrong kind, a value out of range), warnings about settings
+that work but are probably not meant, and prints the effective
+configuration with passwords and tokens redacted. It exits 1 when there
+is a problem.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, src, err := g.load(nil)
-			if err != nil {
+			if cfg == nil {
 				return exitError{code: 1, msg: "configuration does not load:\n" + err.Error()}
 			}
+			// Every problem at once: those of reading the layers (each key
+			// in error kept its default), then those of the values.
 			var problems []error
-			if err := cfg.Validate(); err != nil {
+			if err != nil {
 				problems = append(problems, err)
+			}
+			if err := cfg.Validate(); err != nil {
+				problems = append(problems, src.Locate(err))
 			}
 			// Files the config names must also parse, not just exist.
 			if cfg.Ingress.UsersFile != "" {
@@ -52,6 +61,9 @@ with passwords and tokens redacted. It exits 1 when there is a problem.`,
 			}
 			for _, w := range src.Warnings {
 				fmt.Fprintf(g.stdout, "# warning: %s\n", w)
+			}
+			for _, n := range src.Notes {
+				fmt.Fprintf(g.stdout, "# note: %s\n", n)
 			}
 			if cfg.Broker.DedupeWindow == 0 {
 				fmt.Fprintf(g.stdout, "# broker.dedupe_window 0s: derived, %s in effect (the longer of 1h and the longest retry wait)\n", config.Duration(cfg.DedupeWindow()))

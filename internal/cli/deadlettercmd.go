@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 
@@ -28,19 +29,30 @@ func newDLListCmd(g *globals) *cobra.Command {
 		Use:   "list [ID...]",
 		Short: "List dead letters",
 		RunE: func(cmd *cobra.Command, ids []string) error {
-			n := 0
+			var pg pager
 			return runList(cmd, g, &lf, &ff, "dead letters", ids, "QUEUE ID\tDEAD\tREASON\tFROM\tRECIPIENTS\tLAST REPLY",
 				func(l lister) (uint64, error) {
-					return deadletter.NewStore(l.bc).List(l.ctx, l.f, lf.after, lf.limit, func(e *deadletter.Entry) bool {
-						n++
+					limit := lf.limit
+					if !lf.json {
+						// Read on past the page to count the rest ("3 of 307").
+						limit, pg = 0, pager{limit: lf.limit, last: lf.after}
+					}
+					next, err := deadletter.NewStore(l.bc).List(l.ctx, l.f, lf.after, limit, func(e *deadletter.Entry) bool {
+						if !pg.take(e.Seq) {
+							return true
+						}
 						j := deadLetterJSON(e, false)
 						l.out.row(j, j.QueueID, ago(j.DeadAt, l.now), j.Reason, orDash(j.From), rcptList(e.DL.Job.Rcpts), orDash(short(j.LastReply, 70)))
 						return true
 					})
+					if !lf.json {
+						next = pg.next
+					}
+					return next, err
 				},
 				func(lister) {
 					if !lf.json {
-						fmt.Fprintf(g.stdout, "%d dead letter(s)\n", n)
+						fmt.Fprintf(g.stdout, "%s dead letter(s)%s\n", pg.count(), pg.from(lf.after))
 					}
 				})
 		},
@@ -70,9 +82,26 @@ func selectDeadLetters(cmd *cobra.Command, st *deadletter.Store, ff *filterFlags
 	return f, false, nil
 }
 
+// replaySummary is `deadletter replay --json`'s one line.
+type replaySummary struct {
+	Type     string    `json:"type"` // "summary"
+	Replayed int       `json:"replayed"`
+	Already  int       `json:"already"` // of those replayed: queued by an earlier, interrupted run
+	Failed   int       `json:"failed"`
+	DryRun   bool      `json:"dry_run"`
+	Errors   []idError `json:"errors,omitempty"`
+}
+
+// idError is a record a command could not act on, and why.
+type idError struct {
+	QueueID string `json:"queue_id"`
+	ID      string `json:"id,omitempty"`
+	Error   string `json:"error"`
+}
+
 func newDLReplayCmd(g *globals) *cobra.Command {
 	var ff filterFlags
-	var all bool
+	var all, jsonOut bool
 	var o deadletter.ReplayOptions
 	cmd := &cobra.Command{
 		Use:   "replay ID...|filters|--all",
@@ -107,40 +136,63 @@ what was already replayed is not queued a second time. ID is a queue ID
 			if none {
 				return exitError{code: 1, msg: "no matching dead letter"}
 			}
+			// A bar on a terminal, for which the selection is counted first.
+			bar := &progress{}
+			if isTerminal(g.stderr) {
+				total := 0
+				if _, err := st.List(ctx, f, 0, 0, func(*deadletter.Entry) bool { total++; return true }); err != nil {
+					return err
+				}
+				bar = newProgress(g.stderr, total, "replaying")
+			}
 			var firstErr error
+			sum := replaySummary{Type: "summary", DryRun: o.DryRun}
 			replayed, failed, err := st.Replay(ctx, f, o, func(r deadletter.ReplayResult) {
+				bar.step()
 				d := r.Entry.DL
 				switch {
 				case o.DryRun:
-					fmt.Fprintf(g.stdout, "would replay %s to %s (%s)\n", d.Job.QueueID, rcptList(d.Job.Rcpts), d.Reason)
+					if !jsonOut {
+						bar.printf(g.stdout, "would replay %s to %s (%s)\n", d.Job.QueueID, rcptList(d.Job.Rcpts), d.Reason)
+					}
 				case r.Err != nil:
 					if firstErr == nil {
 						firstErr = fmt.Errorf("%s: %w", d.Job.QueueID, r.Err)
 					}
-					fmt.Fprintf(g.stderr, "%s: %v\n", d.Job.QueueID, r.Err)
+					sum.Errors = append(sum.Errors, idError{QueueID: d.Job.QueueID, ID: d.ID, Error: r.Err.Error()})
+					bar.printf(g.stderr, "%s: %v\n", d.Job.QueueID, r.Err)
 				default:
 					note := ""
 					if r.Already {
+						sum.Already++
 						note = " (queued by an earlier run; dead letter removed)"
 					}
-					fmt.Fprintf(g.stdout, "replayed %s to %s (was %s): queued again, replay %d%s\n", d.Job.QueueID, rcptList(d.Job.Rcpts), d.Reason, r.Job.ReplayCount, note)
+					if !jsonOut {
+						bar.printf(g.stdout, "replayed %s to %s (was %s): queued again, replay %d%s\n", d.Job.QueueID, rcptList(d.Job.Rcpts), d.Reason, r.Job.ReplayCount, note)
+					}
 				}
 			})
+			bar.done()
 			if err != nil {
 				return err
 			}
-			if o.DryRun {
+			sum.Replayed, sum.Failed = replayed, failed
+			switch {
+			case jsonOut:
+				_ = json.NewEncoder(g.stdout).Encode(sum)
+			case o.DryRun:
 				fmt.Fprintf(g.stderr, "%d dead letter(s) would be replayed\n", replayed)
-				return nil
+			default:
+				fmt.Fprintf(g.stderr, "%d replayed, %d failed\n", replayed, failed)
 			}
-			fmt.Fprintf(g.stderr, "%d replayed, %d failed\n", replayed, failed)
-			if firstErr != nil {
+			if firstErr != nil && !o.DryRun {
 				return exitError{code: 1, msg: firstErr.Error()}
 			}
 			return nil
 		},
 	}
 	ff.add(cmd, true)
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print one JSON summary line instead of a line per dead letter (see README, \"Operator commands\")")
 	cmd.Flags().BoolVar(&all, "all", false, "every dead letter")
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "print what would be replayed")
 	cmd.Flags().StringVar(&o.Route, "route", "", "send the replayed jobs to this next hop (host:port) instead of their usual route")

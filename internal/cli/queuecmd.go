@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -28,10 +29,20 @@ func newQueueListCmd(g *globals) *cobra.Command {
 		Short: "List pending and scheduled jobs, with a summary by domain",
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			var sum queuectl.Summary
+			var pg pager
 			return runList(cmd, g, &lf, &ff, "jobs", ids, "QUEUE ID\tSTATE\tAGE\tATTEMPT\tNEXT\tFROM\tRECIPIENTS\tLAST ERROR",
 				func(l lister) (uint64, error) {
-					return queuectl.New(l.bc).List(l.ctx, l.f, lf.after, lf.limit, func(e *queuectl.Entry) bool {
+					limit := lf.limit
+					if !lf.json {
+						// Read on past the page: the summary is of every
+						// matching job, and says how many were shown.
+						limit, pg = 0, pager{limit: lf.limit, last: lf.after}
+					}
+					next, err := queuectl.New(l.bc).List(l.ctx, l.f, lf.after, limit, func(e *queuectl.Entry) bool {
 						sum.Add(e)
+						if !pg.take(e.Cursor) {
+							return true
+						}
 						j := jobJSON(e, l.now, false)
 						if e.Err != nil {
 							l.out.row(j, "?", j.State, "-", "-", "-", "-", "-", "undecodable: "+short(j.Error, 60))
@@ -49,6 +60,10 @@ func newQueueListCmd(g *globals) *cobra.Command {
 							rcptList(e.Job.Rcpts), orDash(short(last, 70)))
 						return true
 					})
+					if !lf.json {
+						next = pg.next
+					}
+					return next, err
 				},
 				func(l lister) {
 					if lf.json {
@@ -60,6 +75,9 @@ func newQueueListCmd(g *globals) *cobra.Command {
 							queuectl.Summary
 						}{"summary", sum})
 						return
+					}
+					if pg.seen > pg.shown {
+						fmt.Fprintf(g.stdout, "%s job(s) shown%s; ", pg.count(), pg.from(lf.after))
 					}
 					fmt.Fprintln(g.stdout, sum.String())
 				})
@@ -80,9 +98,16 @@ func selectJobs(cmd *cobra.Command, q *queuectl.Queue, ff *filterFlags, ids []st
 	return q.Select(cmd.Context(), f)
 }
 
+// retrySummary is `queue retry --json`'s one line.
+type retrySummary struct {
+	Type   string `json:"type"`    // "summary"
+	DueNow int    `json:"due_now"` // scheduled jobs made due now
+	Ready  int    `json:"ready"`   // jobs that were ready or being delivered already
+}
+
 func newQueueRetryCmd(g *globals) *cobra.Command {
 	var ff filterFlags
-	var all bool
+	var all, jsonOut bool
 	cmd := &cobra.Command{
 		Use:   "retry ID...|filters|--all",
 		Short: "Attempt scheduled jobs now (postqueue -f / -i)",
@@ -102,16 +127,24 @@ func newQueueRetryCmd(g *globals) *cobra.Command {
 				return err
 			}
 			n := 0
+			bar := newProgress(g.stderr, len(jobs), "retrying")
 			for _, e := range jobs {
 				acted, err := q.Retry(ctx, e)
+				bar.step()
 				if err != nil {
+					bar.done()
 					return fmt.Errorf("%s: %w", e.Job.QueueID, err)
 				}
 				if acted {
 					n++
 				}
 			}
-			fmt.Fprintf(g.stderr, "%d scheduled job(s) due now; %d already ready or in flight\n", n, len(jobs)-n)
+			bar.done()
+			if jsonOut {
+				_ = json.NewEncoder(g.stdout).Encode(retrySummary{Type: "summary", DueNow: n, Ready: len(jobs) - n})
+			} else {
+				fmt.Fprintf(g.stderr, "%d scheduled job(s) due now; %d already ready or in flight\n", n, len(jobs)-n)
+			}
 			if len(ids) > 0 && len(jobs) == 0 {
 				return exitError{code: 1, msg: "no such job in the queue"}
 			}
@@ -120,6 +153,7 @@ func newQueueRetryCmd(g *globals) *cobra.Command {
 	}
 	ff.add(cmd, false)
 	cmd.Flags().BoolVar(&all, "all", false, "every scheduled job")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print one JSON summary line (see README, \"Operator commands\")")
 	return cmd
 }
 

@@ -12,10 +12,13 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
+	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/internal/app"
+	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -26,6 +29,16 @@ type sendOpts struct {
 	starttls, implicitTLS, insecure   bool
 	authUser, passwordFile            string
 	timeout                           time.Duration
+	wait                              time.Duration // --wait: follow the message this long (0: do not)
+}
+
+// defaultWait is --wait without a value.
+const defaultWait = 2 * time.Minute
+
+// sent is what the server accepted.
+type sent struct {
+	queueID string   // from "250 2.0.0 queued as <id>" ("" if the reply names none)
+	rcpts   []string // recipients accepted at RCPT
 }
 
 func newSendCmd(g *globals) *cobra.Command {
@@ -37,7 +50,16 @@ func newSendCmd(g *globals) *cobra.Command {
 prints every command and reply, like a telnet session but without typing
 mistakes. The body comes from --body, or from standard input with --body -.
 With --auth USER the password is read from --password-file, the
-JETRELAY_SEND_PASSWORD environment variable, or a prompt.`,
+JETRELAY_SEND_PASSWORD environment variable, or a prompt.
+
+With --wait (or --wait=5m) send then follows the message by the queue ID
+of the 250 reply, through this configuration's broker (data_dir, or
+broker.url), until every recipient has an outcome, and says it in words:
+delivered (to which host, with which reply), deferred (the reply, and when
+the next attempt is), or dead-lettered (the reason, and how to replay it).
+It exits 0 when every recipient was delivered, 75 (EX_TEMPFAIL) when one
+was deferred or has no outcome within the wait (2m without a value), and
+1 when one was dead-lettered or the message was refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(o.to) == 0 {
@@ -49,6 +71,17 @@ JETRELAY_SEND_PASSWORD environment variable, or a prompt.`,
 					return err
 				}
 				o.server = defaultSendServer(cfg.Ingress.Listen)
+			}
+			var bc *broker.Client
+			var cfg *config.Config
+			if o.wait > 0 {
+				// Reach the broker first: a message that cannot be
+				// followed is better not sent.
+				var err error
+				if bc, cfg, err = g.adminConn(cmd.Context()); err != nil {
+					return fmt.Errorf("--wait follows the message through the broker: %w", err)
+				}
+				defer bc.Close()
 			}
 			if o.helo == "" {
 				o.helo, _ = os.Hostname()
@@ -71,7 +104,23 @@ JETRELAY_SEND_PASSWORD environment variable, or a prompt.`,
 					return err
 				}
 			}
-			return runSend(o, body, pass, g.stdout)
+			res, err := runSend(o, body, pass, g.stdout)
+			if o.wait == 0 || (err != nil && res.queueID == "") {
+				return err
+			}
+			if res.queueID == "" {
+				return exitError{code: exitFailed, msg: "--wait follows a message by the queue ID of jetrelay's reply \"250 2.0.0 queued as <id>\", and this server's reply names none"}
+			}
+			// Queued for some recipients (err: others were refused at
+			// RCPT): follow those, and fail for the refused ones.
+			code := follow(cmd.Context(), bc, cfg, res.queueID, o.from, res.rcpts, o.wait, g.stdout)
+			if err != nil {
+				return exitError{code: exitFailed, msg: "some recipients were refused: " + err.Error()}
+			}
+			if code != 0 {
+				return exitError{code: code}
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -87,6 +136,8 @@ JETRELAY_SEND_PASSWORD environment variable, or a prompt.`,
 	f.StringVar(&o.authUser, "auth", "", "authenticate as this user (AUTH PLAIN, or LOGIN when PLAIN is not offered)")
 	f.StringVar(&o.passwordFile, "password-file", "", "file holding the AUTH password")
 	f.DurationVar(&o.timeout, "timeout", 60*time.Second, "timeout for each step")
+	f.DurationVar(&o.wait, "wait", 0, "follow the message until its outcome, at most this long (--wait alone: 2m; --wait=5m); exit 0 delivered, 75 deferred or no outcome yet, 1 dead-lettered")
+	f.Lookup("wait").NoOptDefVal = defaultWait.String()
 	return cmd
 }
 
@@ -170,7 +221,16 @@ func (t *transcript) ehlo(name string) error {
 	return nil
 }
 
-func runSend(o *sendOpts, body, pass string, out io.Writer) error {
+// queuedAs finds the queue ID in jetrelay's "250 2.0.0 queued as <id>".
+var queuedAs = regexp.MustCompile(`queued as ([0-9A-Z]{16})\b`)
+
+func runSend(o *sendOpts, body, pass string, out io.Writer) (sent, error) {
+	var res sent
+	err := converse(o, body, pass, out, &res)
+	return res, err
+}
+
+func converse(o *sendOpts, body, pass string, out io.Writer, res *sent) error {
 	host, _, _ := net.SplitHostPort(o.server)
 	tlsCfg := &tls.Config{ServerName: host, InsecureSkipVerify: o.insecure, MinVersion: tls.VersionTLS12} //nolint:gosec // --insecure is the operator's explicit choice
 	fmt.Fprintf(out, "connecting to %s\n", o.server)
@@ -246,6 +306,7 @@ func runSend(o *sendOpts, body, pass string, out io.Writer) error {
 			continue
 		}
 		accepted++
+		res.rcpts = append(res.rcpts, r)
 	}
 	if accepted == 0 {
 		_, _, _ = t.cmd(221, "", "QUIT")
@@ -265,10 +326,13 @@ func runSend(o *sendOpts, body, pass string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(out, "C: .")
-	_, _, dataErr := t.reply(250)
+	_, dataMsg, dataErr := t.reply(250)
 	_, _, _ = t.cmd(221, "", "QUIT")
 	if dataErr != nil {
 		return dataErr
+	}
+	if m := queuedAs.FindStringSubmatch(dataMsg); m != nil {
+		res.queueID = m[1]
 	}
 	return rcptErr
 }

@@ -4,8 +4,12 @@
 // command-line flags.
 //
 // Invariants: Load never returns a config that skipped a layer silently; an
-// unknown key in the file is an error (typos are the commonest config bug);
-// Validate reports every problem at once; Redacted never shows a secret.
+// unknown key in the file is an error (typos are the commonest config bug),
+// reported with the closest known key; Load and Validate each report every
+// problem at once, in words, and Source.Locate puts the file:line (or the
+// variable or flag) in front of each; Redacted never shows a secret.
+// Settings that work but are probably not meant are Source.Warnings, how a
+// setting is read where that is not obvious Source.Notes.
 package config
 
 import (

@@ -134,7 +134,7 @@ func TestValidateReportsEverything(t *testing.T) {
 	cfg := Default()
 	cfg.Ingress.RelayNetworks = StringList{"10.0.0.0/33", "not-an-ip"}
 	cfg.Delivery.SmarthostTLS = "sometimes"
-	cfg.Delivery.Smarthost = StringList{"no-port"}
+	cfg.Delivery.Smarthost = StringList{"smtp.example.com:smtp", "two words"}
 	cfg.Delivery.Concurrency = 0
 	cfg.Log.Level = "loud"
 	cfg.Broker.URL = StringList{"http://x:1"}
@@ -145,7 +145,8 @@ func TestValidateReportsEverything(t *testing.T) {
 	}
 	for _, want := range []string{
 		`ingress.relay_networks: "10.0.0.0/33"`, `ingress.relay_networks: "not-an-ip"`,
-		"delivery.smarthost_tls", `delivery.smarthost: "no-port"`, "delivery.concurrency",
+		"delivery.smarthost_tls", `delivery.smarthost: "smtp.example.com:smtp" has no valid port`,
+		`delivery.smarthost: "two words" is neither host:port nor a host name`, "delivery.concurrency",
 		"log.level", "broker.url", "delivery.routes.corp.example.host: needs host",
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -300,5 +301,174 @@ func TestValidateRoutes(t *testing.T) {
 	cfg.Delivery.SmarthostOAuth = OAuth{Provider: "entra", ClientID: "c", ClientSecretFile: secretFile}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "delivery.smarthost_oauth.tenant_id: Entra ID needs the tenant ID") {
 		t.Fatalf("smart host OAuth: %v", err)
+	}
+}
+
+// config check's reading of a file: every problem at once, each with its
+// line and key in words, and the rest of the file still read.
+func TestFileProblemsAllAtOnce(t *testing.T) {
+	path := writeFile(t, `hostname: relay.corp.example
+ingress:
+  relay_network: ["10.0.0.0/8"]
+  max_recipients: lots
+delivery:
+  smarthost: smtp.corp.example
+  retry:
+    max_age: 5 days
+    schedule: [1m, soon]
+  concurrency: [4]
+  routes:
+    corp.example: {host: "10.0.0.5:25", tsl: required}
+smarthost_tls: required
+deadletter: 30d
+log:
+  level: debug
+  level: info
+`)
+	cfg, src, err := Load(path, []string{"JETRELAY_DELIVERY_PORT=twenty-five"}, map[string]string{"http.listne": "x"})
+	if err == nil {
+		t.Fatal("no problems reported")
+	}
+	got := err.Error()
+	for _, want := range []string{
+		path + ":3: ingress.relay_network: unknown key; did you mean `relay_networks`?",
+		path + ":4: ingress.max_recipients: `lots` is not a whole number",
+		path + ":8: delivery.retry.max_age: `5 days` is not a duration such as 30s, 5m, 2h or 5d",
+		path + ":9: delivery.retry.schedule: `soon` is not a duration",
+		path + ":10: delivery.concurrency: expected a whole number such as 100, got a list",
+		path + ":12: delivery.routes.corp.example.tsl: unknown key; did you mean `tls`?",
+		path + ":13: smarthost_tls: unknown key; did you mean `delivery.smarthost_tls`?",
+		path + ":14: deadletter: expected a section of keys",
+		path + ":17: log.level: given twice (first on line 16)",
+		"environment variable JETRELAY_DELIVERY_PORT (delivery.port): `twenty-five` is not a whole number",
+		"flag for http.listne: no configuration key \"http.listne\"; did you mean `http.listen`?",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+	for _, leak := range []string{"!!str", "config.Ingress", "not found in type", "unmarshal"} {
+		if strings.Contains(got, leak) {
+			t.Errorf("Go internals in the report (%q):\n%s", leak, got)
+		}
+	}
+	// The rest of the file was read; the keys in error kept their defaults.
+	if cfg == nil || cfg.Hostname != "relay.corp.example" || cfg.Delivery.Smarthost[0] != "smtp.corp.example" ||
+		cfg.Ingress.MaxRecipients != 100 || cfg.Log.Level != "info" || cfg.Delivery.Routes["corp.example"].Host != "10.0.0.5:25" {
+		t.Fatalf("the file was not read past its problems: %+v", cfg)
+	}
+	if w := src.Where("delivery.smarthost"); w != path+":6" {
+		t.Errorf("Where(delivery.smarthost) = %q", w)
+	}
+}
+
+func TestYAMLSyntaxErrorNamesItsLine(t *testing.T) {
+	path := writeFile(t, "ingress:\n  listen: [\"127.0.0.1:25\"\n  max_recipients: 5\n")
+	_, _, err := Load(path, nil, nil)
+	if err == nil || !strings.HasPrefix(err.Error(), path+":") || !strings.Contains(err.Error(), "not valid YAML") {
+		t.Fatalf("syntax error: %v", err)
+	}
+}
+
+// Validation problems of values from the file name their line too.
+func TestValidationProblemsNameTheirLine(t *testing.T) {
+	path := writeFile(t, "hostname: relay.corp.example\ndelivery:\n  concurrency: 0\n  routes:\n    corp.example:\n      tls: sometimes\n      host: h:25\n")
+	cfg, src, err := Load(path, []string{"JETRELAY_LOG_LEVEL=loud"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := src.Locate(cfg.Validate()).Error()
+	for _, want := range []string{
+		path + ":3: delivery.concurrency: must be between 1 and 10000, got 0",
+		path + ":6: delivery.routes.corp.example.tls: must be none",
+		"environment variable JETRELAY_LOG_LEVEL: log.level: must be",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+}
+
+// A smart host without a port is port 25 (and config check says so); a
+// host name without a domain and a route weaker than the smart host are
+// warned about.
+func TestSmarthostWithoutPortAndWarnings(t *testing.T) {
+	path := writeFile(t, `hostname: relay
+delivery:
+  smarthost: smtp.corp.example
+  smarthost_tls: required
+  routes:
+    partner.example: {host: "mx.partner.example:25"}
+    secure.example: {host: "mx.secure.example:25", tls: implicit}
+    plain.example: {host: "10.0.0.9", tls: none}
+`)
+	cfg, src, err := Load(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("a smart host without a port is refused: %v", err)
+	}
+	all := strings.Join(src.Warnings, "\n")
+	for _, want := range []string{
+		`hostname "relay" is not a fully-qualified domain name`,
+		"delivery.routes.partner.example.tls is opportunistic, weaker than delivery.smarthost_tls (required)",
+		"delivery.routes.plain.example.tls is none, weaker than delivery.smarthost_tls (required): mail for plain.example may travel without TLS",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("missing warning %q in:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "secure.example") {
+		t.Errorf("implicit TLS is not weaker than required:\n%s", all)
+	}
+	notes := strings.Join(src.Notes, "\n")
+	for _, want := range []string{
+		"delivery.smarthost smtp.corp.example has no port: port 25 is used (smtp.corp.example:25)",
+		"delivery.routes.plain.example host 10.0.0.9 has no port: port 25 is used (10.0.0.9:25)",
+	} {
+		if !strings.Contains(notes, want) {
+			t.Errorf("missing note %q in:\n%s", want, notes)
+		}
+	}
+	// A fully-qualified name (with or without the root dot) is fine.
+	for _, h := range []string{"relay.corp.example", "relay.corp.example."} {
+		_, src, err := Load(writeFile(t, "hostname: "+h+"\n"), nil, nil)
+		if err != nil || len(src.Warnings) != 0 {
+			t.Errorf("hostname %s: %v %v", h, err, src.Warnings)
+		}
+	}
+}
+
+func TestSuggestions(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"ingress:\n  relay_netwroks: []\n", "did you mean `relay_networks`?"},
+		{"delivery:\n  smarthost_pasword: x\n", "did you mean `smarthost_password`?"},
+		{"delivery:\n  retry:\n    maxage: 1h\n", "did you mean `max_age`?"},
+		{"relay_networks: []\n", "did you mean `ingress.relay_networks`?"},
+		{"log:\n  colour: false\n", "(the keys in log are: format, level)"},
+	} {
+		_, _, err := Load(writeFile(t, tc.yaml), nil, nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: want %q, got %v", tc.yaml, tc.want, err)
+		}
+	}
+}
+
+// Anchors, aliases and merge keys read as yaml reads them.
+func TestAnchorsAndMerges(t *testing.T) {
+	cfg, _, err := Load(writeFile(t, `hostname: relay.corp.example
+x-tls: &tls {tls: required, username: relay@corp.example, password: pw}
+delivery:
+  routes:
+    a.example: {<<: *tls, host: "a:25"}
+    b.example: {<<: *tls, host: "b:25", tls: implicit}
+`), nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "x-tls: unknown key") {
+		t.Fatalf("unknown top-level key not reported: %v", err)
+	}
+	a, b := cfg.Delivery.Routes["a.example"], cfg.Delivery.Routes["b.example"]
+	if a.TLS != "required" || a.Username != "relay@corp.example" || a.Host != "a:25" || b.TLS != "implicit" {
+		t.Fatalf("merge: %+v %+v", a, b)
 	}
 }

@@ -1,10 +1,8 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"reflect"
 	"runtime"
@@ -22,29 +20,89 @@ const EnvPrefix = "JETRELAY_"
 
 // Source says where the configuration came from, for `config check`.
 type Source struct {
-	File     string   // "" when no file was given
-	Env      []string // variables that overrode a key
-	Flags    []string // keys set by flags
+	File  string   // "" when no file was given
+	Env   []string // variables that overrode a key
+	Flags []string // keys set by flags
+	// Warnings are settings that work but are probably not what was
+	// meant (a host name without a domain, a route weaker than the smart
+	// host); every command logs them, `config check` prints them.
 	Warnings []string
+	// Notes say how a setting is read where that is not obvious (a smart
+	// host without a port: port 25); `config check` prints them.
+	Notes []string
+
+	origin map[string]string // key path → where its value came from
+}
+
+// Where says where key's value came from: "jetrelay.yaml:12",
+// "environment variable JETRELAY_…", "--set", or "" for a default. A key
+// inside a section that was set as a whole reports the section's line.
+func (s *Source) Where(key string) string {
+	if s == nil {
+		return ""
+	}
+	for k := key; k != ""; {
+		if w, ok := s.origin[k]; ok {
+			return w
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return ""
+}
+
+// Locate prefixes every problem of a joined validation error ("key:
+// what is wrong") with where the key's value came from, so that a
+// problem in the file names its line.
+func (s *Source) Locate(err error) error {
+	if err == nil || s == nil {
+		return err
+	}
+	var list []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	} else {
+		list = []error{err}
+	}
+	out := make([]error, 0, len(list))
+	for _, e := range list {
+		key, _, ok := strings.Cut(e.Error(), ": ")
+		if w := s.Where(key); ok && w != "" && !strings.ContainsAny(key, " \t") {
+			e = fmt.Errorf("%s: %w", w, e)
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 // Load builds the configuration: defaults, then the YAML file at path (if
 // path is not empty), then environment variables from environ (os.Environ()
 // form), then overrides, a map from key path ("ingress.listen") to value as
 // a flag would give it.
+//
+// It reports every problem of every layer at once, joined, each in words
+// and with its place (file:line, the variable, the flag); a key in error
+// keeps its default and the rest is still read, so the Config it returns
+// alongside the error can be validated for the remaining problems (as
+// `config check` does). Callers that run something must stop at an error.
 func Load(path string, environ []string, overrides map[string]string) (*Config, *Source, error) {
 	cfg := Default()
-	src := &Source{File: path}
+	src := &Source{File: path, origin: map[string]string{}}
+	var errs []error
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, src, fmt.Errorf("config: %w", err)
 		}
-		if err := decodeYAML(data, cfg); err != nil {
-			return nil, src, fmt.Errorf("config %s: %w", path, err)
+		lines, ferrs := decodeFile(path, data, cfg)
+		for k, l := range lines {
+			src.origin[k] = fmt.Sprintf("%s:%d", path, l)
 		}
+		errs = append(errs, ferrs...)
 	}
-	var errs []error
 	env := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
@@ -60,10 +118,11 @@ func Load(path string, environ []string, overrides map[string]string) (*Config, 
 		}
 		used[name] = true
 		if err := setValue(f.v, v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			errs = append(errs, fmt.Errorf("environment variable %s (%s): %w", name, f.path, err))
 			continue
 		}
 		src.Env = append(src.Env, name)
+		src.origin[f.path] = "environment variable " + name
 	}
 	for name := range env {
 		if !used[name] && name != EnvPrefix+"CONFIG" {
@@ -82,20 +141,14 @@ func Load(path string, environ []string, overrides map[string]string) (*Config, 
 			continue
 		}
 		src.Flags = append(src.Flags, k)
+		src.origin[k] = "flag for " + k
 	}
+	src.Warnings = append(src.Warnings, cfg.warnings()...)
+	src.Notes = cfg.notes()
 	if len(errs) > 0 {
-		return nil, src, errors.Join(errs...)
+		return cfg, src, errors.Join(errs...)
 	}
 	return cfg, src, nil
-}
-
-func decodeYAML(data []byte, cfg *Config) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	return nil
 }
 
 // Set assigns one key given by its dotted YAML path ("delivery.retry.max_age")
@@ -105,6 +158,15 @@ func (c *Config) Set(path string, value string) error {
 		if f.path == path {
 			return setValue(f.v, value)
 		}
+	}
+	var best string
+	for _, f := range fields(c) {
+		if best == "" || levenshtein(path, f.path) < levenshtein(path, best) {
+			best = f.path
+		}
+	}
+	if best != "" && levenshtein(path, best) <= max(2, len(path)/5) {
+		return fmt.Errorf("no configuration key %q; did you mean `%s`?", path, best)
 	}
 	return fmt.Errorf("no configuration key %q", path)
 }
@@ -163,7 +225,7 @@ var (
 func setValue(v reflect.Value, s string) error {
 	switch v.Type() {
 	case durationType:
-		d, err := ParseDuration(s)
+		d, err := parseDurationWords(s)
 		if err != nil {
 			return err
 		}
@@ -172,7 +234,7 @@ func setValue(v reflect.Value, s string) error {
 	case byteSizeType:
 		b, err := ParseByteSize(s)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s is not %s", quoteValue(s), expectation(byteSizeType))
 		}
 		v.Set(reflect.ValueOf(b))
 		return nil
@@ -182,7 +244,7 @@ func setValue(v reflect.Value, s string) error {
 	case durationsType:
 		var ds []Duration
 		for _, p := range ParseStringList(s) {
-			d, err := ParseDuration(p)
+			d, err := parseDurationWords(p)
 			if err != nil {
 				return err
 			}
@@ -195,28 +257,28 @@ func setValue(v reflect.Value, s string) error {
 	case reflect.String:
 		v.SetString(s)
 	case reflect.Int:
-		n, err := strconv.Atoi(strings.TrimSpace(s))
+		n, err := parseIntWords(s)
 		if err != nil {
-			return fmt.Errorf("invalid number %q", s)
+			return err
 		}
-		v.SetInt(int64(n))
+		v.SetInt(n)
 	case reflect.Float64:
 		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
 		if err != nil {
-			return fmt.Errorf("invalid number %q", s)
+			return fmt.Errorf("%s is not %s", quoteValue(s), expectation(v.Type()))
 		}
 		v.SetFloat(f)
 	case reflect.Bool:
 		b, err := strconv.ParseBool(strings.TrimSpace(s))
 		if err != nil {
-			return fmt.Errorf("invalid boolean %q", s)
+			return fmt.Errorf("%s is not %s", quoteValue(s), expectation(v.Type()))
 		}
 		v.SetBool(b)
 	case reflect.Pointer:
 		if v.Type().Elem().Kind() == reflect.Bool {
 			b, err := strconv.ParseBool(strings.TrimSpace(s))
 			if err != nil {
-				return fmt.Errorf("invalid boolean %q", s)
+				return fmt.Errorf("%s is not %s", quoteValue(s), expectation(v.Type()))
 			}
 			v.Set(reflect.ValueOf(&b))
 			return nil

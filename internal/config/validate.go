@@ -264,7 +264,7 @@ func validateRoute(add func(string, string, ...any), key func(string) string, r 
 		add(key("host"), "needs host (or hosts)")
 	}
 	for _, h := range hosts {
-		checkHostPort(add, key("host"), h, false)
+		checkHop(add, key("host"), h)
 	}
 	if r.TLS != "" {
 		checkPolicy(add, key("tls"), r.TLS)
@@ -446,6 +446,33 @@ func checkHostPort(add func(string, string, ...any), key, v string, listen bool)
 	if !listen && host == "" {
 		add(key, "%q has no host", v)
 	}
+}
+
+// checkHop checks a next hop: host:port, or a host alone (port 25).
+func checkHop(add func(string, string, ...any), key, v string) {
+	if _, _, err := net.SplitHostPort(v); err == nil {
+		checkHostPort(add, key, v, false)
+		return
+	}
+	if _, ok := hopWithoutPort(v); !ok {
+		add(key, "%q is neither host:port nor a host name (port 25)", v)
+	}
+}
+
+// hopWithoutPort reports whether v is a host without a port (a name, an
+// IP address, a bracketed IPv6 address), which means port 25, and
+// returns it with the port.
+func hopWithoutPort(v string) (string, bool) {
+	if _, _, err := net.SplitHostPort(v); err == nil || v == "" {
+		return "", false
+	}
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]")); err == nil {
+		return net.JoinHostPort(a.String(), "25"), true
+	}
+	if strings.ContainsAny(v, ":/ \t@[]") {
+		return "", false
+	}
+	return net.JoinHostPort(v, "25"), true
 }
 
 func checkPolicy(add func(string, string, ...any), key, v string) {

@@ -25,7 +25,12 @@ import (
 // way an operator on the same machine would, and returns its output.
 func jr(t *testing.T, relay *testenv.Relay, args ...string) (string, string, int) {
 	t.Helper()
-	cfgFile := testenv.WriteConfig(t, fmt.Sprintf("data_dir: %s\n", relay.Cfg.DataDir))
+	return jrFile(t, testenv.WriteConfig(t, fmt.Sprintf("data_dir: %s\n", relay.Cfg.DataDir)), args...)
+}
+
+// jrFile runs a jetrelay command in-process with a configuration file.
+func jrFile(t *testing.T, cfgFile string, args ...string) (string, string, int) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	code := cli.Main(append(args, "--config", cfgFile), strings.NewReader(""), &out, &errb)
 	return out.String(), errb.String(), code

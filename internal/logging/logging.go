@@ -5,7 +5,9 @@
 //	jq 'select(.msg_id=="0KQ3H5XZ7M2P9RTA")' jetrelay.log
 //
 // Invariants: a log line about a message carries FieldMsgID (the queue ID);
-// secrets (passwords, AUTH payloads) are never logged.
+// secrets (passwords, AUTH payloads) are never logged; the console format
+// is coloured only on a terminal, and never when NO_COLOR is set
+// (https://no-color.org), so a log file holds no escape sequences.
 package logging
 
 import (
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/term"
 )
 
 // Field names shared by every stage.
@@ -43,19 +46,30 @@ const (
 )
 
 // New returns the process logger writing to w in the given level and format
-// ("json" or "console").
+// ("json" or "console"). The console format is coloured only when w is a
+// terminal and NO_COLOR is not set.
 func New(w io.Writer, level, format string) zerolog.Logger {
 	if w == nil {
 		w = os.Stderr
 	}
 	if format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !Colour(w)}
 	}
 	lvl, err := zerolog.ParseLevel(strings.ToLower(level))
 	if err != nil || level == "" {
 		lvl = zerolog.InfoLevel
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// Colour reports whether text written to w may carry colour: w is a
+// terminal and the NO_COLOR environment variable is not set (to anything).
+func Colour(w io.Writer) bool {
+	if os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	f, ok := w.(interface{ Fd() uintptr })
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func init() {
