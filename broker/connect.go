@@ -54,7 +54,9 @@ type Client struct {
 	bodies  jetstream.ObjectStore
 	refs    jetstream.KeyValue
 	rates   jetstream.KeyValue
-	maxData int // largest inline body that fits a message with its envelope
+	authMu  sync.Mutex
+	auths   jetstream.KeyValue // AUTH lockouts (authlock.go), found on first use without Provision
+	maxData int                // largest inline body that fits a message with its envelope
 
 	consumers sync.Map // queue consumer handles, by "stream/name", for state requests
 

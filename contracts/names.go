@@ -27,6 +27,10 @@ const (
 	// counter per route and window, and a slot per concurrent delivery,
 	// shared by every worker.
 	BucketRates = "MAILRATE"
+	// BucketAuth is the key-value bucket of the ingress's failed AUTH
+	// attempts and lockouts, per client address and per user, shared by
+	// every ingress.
+	BucketAuth = "MAILAUTH"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"
