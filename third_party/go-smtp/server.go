@@ -220,7 +220,8 @@ func (s *Server) handleConn(c *Conn) error {
 			}
 
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+				// Idle, or too slow with a command line (ReadTimeout).
+				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Timeout exceeded, closing connection")
 				return nil
 			}
 

@@ -440,7 +440,7 @@ func TestServer_minDataRate(t *testing.T) {
 		cmd := []byte("NOOP " + strings.Repeat("x", 200) + "\r\n")
 		sent := drip(lc.c, cmd, 20*time.Millisecond)
 		lc.c.SetReadDeadline(time.Now().Add(20 * time.Second))
-		if r := lc.read(); !strings.HasPrefix(r, "421 4.4.2 ") {
+		if r := lc.read(); r != "421 4.4.2 Timeout exceeded, closing connection" {
 			t.Fatalf("got %q, want 421 4.4.2", r)
 		}
 		if n := <-sent; n == len(cmd) {
