@@ -124,6 +124,8 @@ type Client struct {
 	bodies jetstream.ObjectStore
 	refs   jetstream.KeyValue
 	rates  jetstream.KeyValue
+	authMu sync.Mutex
+	auths  jetstream.KeyValue // AUTH lockouts (authlock.go), found on first use without Provision
 	// outcomes: the MAILDONE bucket exists (outcomes.go).
 	outcomes bool
 	maxData  int // largest inline body that fits a message with its envelope

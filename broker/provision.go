@@ -306,6 +306,15 @@ func (c *Client) provision(ctx context.Context, s Settings) error {
 			}
 			return err
 		}},
+		{"key-value " + contracts.BucketAuth, func(ctx context.Context) error {
+			kv, err := c.ensureKeyValue(ctx, authKeyValueConfig(s))
+			if err == nil {
+				c.authMu.Lock()
+				c.auths = kv
+				c.authMu.Unlock()
+			}
+			return err
+		}},
 	}...)
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {

@@ -34,6 +34,10 @@ const (
 	// memory for an hour and bounded in size, oldest records first out:
 	// a record for `jetrelay send --wait`, never part of the lifecycle.
 	BucketOutcomes = "MAILDONE"
+	// BucketAuth is the key-value bucket of the ingress's failed AUTH
+	// attempts and lockouts, per client address and per user, shared by
+	// every ingress.
+	BucketAuth = "MAILAUTH"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"

@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -87,6 +88,13 @@ func (u *Users) Check(name, password string) (*User, bool) {
 	return usr, true
 }
 
+// Exists reports whether there is a user of that name.
+func (u *Users) Exists(name string) bool {
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	return u.users[name] != nil
+}
+
 // MaySend reports whether the user may use from as envelope sender.
 // Patterns are shell globs matched case-insensitively ("*@corp.example").
 // The null sender is always allowed (bounces).
@@ -144,15 +152,78 @@ func AddUser(file, name, password string, allowedSenders []string) error {
 	return os.Rename(tmp, file)
 }
 
-// authLimiter counts failed AUTH attempts per client IP and locks an IP out
-// for a cooling-off period once it reaches the limit.
+// LockoutKeyAddr and LockoutKeyUser are the keys AUTH failures are counted
+// under: one per client address, one per user (a user attacked from many
+// addresses is locked out too). `jetrelay user unlock` deletes them.
+func LockoutKeyAddr(ip netip.Addr) string { return "ip:" + ip.String() }
+
+// LockoutKeyUser: see LockoutKeyAddr.
+func LockoutKeyUser(name string) string { return "user:" + name }
+
+// authGuard decides AUTH lockouts: through the shared Lockouts when there
+// are (every ingress of a deployment counts together, and a check costs no
+// round trip), else, and while the broker cannot be reached, in memory.
+// A lockout recorded in memory is this process's alone: it ends on its
+// own, `jetrelay user unlock` cannot lift it.
+type authGuard struct {
+	shared  Lockouts // nil: memory only
+	local   *authLimiter
+	limit   int
+	window  time.Duration
+	lockout time.Duration
+	now     func() time.Time
+}
+
+func newAuthGuard(o Options) *authGuard {
+	return &authGuard{
+		shared:  o.Lockouts,
+		local:   newAuthLimiter(o.AuthFailureLimit, o.AuthFailureWindow, o.AuthLockout),
+		limit:   o.AuthFailureLimit,
+		window:  o.AuthFailureWindow,
+		lockout: o.AuthLockout,
+		now:     time.Now,
+	}
+}
+
+// locked reports whether key is locked out, and until when.
+func (g *authGuard) locked(key string) (time.Time, bool) {
+	now := g.now()
+	if g.shared != nil {
+		if until, ok := g.shared.Locked(key, now); ok {
+			return until, true
+		}
+	}
+	return g.local.locked(key, now)
+}
+
+// fail records a failed AUTH of key; it reports the lockout this failure
+// started (zero: none), and an error when the shared count could not be
+// reached (the failure is then counted in memory).
+func (g *authGuard) fail(ctx context.Context, key string) (time.Time, error) {
+	now := g.now()
+	if g.shared != nil {
+		until, locked, err := g.shared.Fail(ctx, key, g.limit, g.window, g.lockout, now)
+		if err == nil {
+			if locked {
+				return until, nil
+			}
+			return time.Time{}, nil
+		}
+		until, _ = g.local.fail(key, now)
+		return until, err
+	}
+	until, _ := g.local.fail(key, now)
+	return until, nil
+}
+
+// authLimiter counts failed AUTH attempts per key in memory and locks a key
+// out for a cooling-off period once it reaches the limit.
 type authLimiter struct {
 	mu      sync.Mutex
 	limit   int
 	window  time.Duration
 	lockout time.Duration
-	now     func() time.Time
-	ips     map[netip.Addr]*authRecord
+	keys    map[string]*authRecord
 }
 
 type authRecord struct {
@@ -161,29 +232,35 @@ type authRecord struct {
 }
 
 func newAuthLimiter(limit int, window, lockout time.Duration) *authLimiter {
-	return &authLimiter{limit: limit, window: window, lockout: lockout, now: time.Now, ips: map[netip.Addr]*authRecord{}}
+	return &authLimiter{limit: limit, window: window, lockout: lockout, keys: map[string]*authRecord{}}
 }
 
-// locked reports whether ip is in its cooling-off period.
-func (l *authLimiter) locked(ip netip.Addr) bool {
+// locked reports whether key is in its cooling-off period at now.
+func (l *authLimiter) locked(key string, now time.Time) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r := l.ips[ip]
-	return r != nil && l.now().Before(r.locked)
+	r := l.keys[key]
+	if r == nil || !now.Before(r.locked) {
+		return time.Time{}, false
+	}
+	return r.locked, true
 }
 
-// fail records a failure and reports whether ip is now locked out.
-func (l *authLimiter) fail(ip netip.Addr) bool {
+// fail records a failure at now; it reports the lockout it started (zero:
+// none) and whether key is locked out.
+func (l *authLimiter) fail(key string, now time.Time) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.now()
-	r := l.ips[ip]
+	r := l.keys[key]
 	if r == nil {
-		if len(l.ips) > 100000 {
+		if len(l.keys) > 100000 {
 			l.gc(now)
 		}
 		r = &authRecord{}
-		l.ips[ip] = r
+		l.keys[key] = r
+	}
+	if now.Before(r.locked) {
+		return time.Time{}, true
 	}
 	keep := r.fails[:0]
 	for _, t := range r.fails {
@@ -195,15 +272,15 @@ func (l *authLimiter) fail(ip netip.Addr) bool {
 	if len(r.fails) >= l.limit {
 		r.locked = now.Add(l.lockout)
 		r.fails = nil
-		return true
+		return r.locked, true
 	}
-	return false
+	return time.Time{}, false
 }
 
 func (l *authLimiter) gc(now time.Time) {
-	for ip, r := range l.ips {
+	for k, r := range l.keys {
 		if now.After(r.locked) && (len(r.fails) == 0 || now.Sub(r.fails[len(r.fails)-1]) > l.window) {
-			delete(l.ips, ip)
+			delete(l.keys, k)
 		}
 	}
 }

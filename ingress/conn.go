@@ -15,9 +15,9 @@ import (
 
 // listener wraps a TCP listener with what go-smtp does not do: connection
 // limits (total and per client IP, refused with 421 4.7.0 before any
-// session starts), per-read and per-write deadlines (so a slow but steady
-// upload never times out while a stalled client does), the error budget
-// of a session, and the session ID used in every log line.
+// session starts), per-read and per-write deadlines (a stalled client
+// times out; go-smtp bounds each command line and the data rate), the
+// error budget of a session, and the session ID used in every log line.
 type listener struct {
 	net.Listener
 	srv *Server
@@ -39,8 +39,9 @@ func (l *listener) Accept() (net.Conn, error) {
 }
 
 // conn is one client connection. Its Read and Write each set a fresh
-// deadline, which replaces go-smtp's ReadTimeout (that one spans a whole
-// DATA transfer).
+// deadline: read_timeout for each read, or earlier the deadline go-smtp
+// set (a whole command line, the minimum data rate), and write_timeout for
+// each write.
 type conn struct {
 	net.Conn
 	srv    *Server
@@ -52,14 +53,16 @@ type conn struct {
 	eof    atomic.Bool
 	tls    atomic.Bool // the bytes on this conn are TLS records
 	inTxn  atomic.Bool // between MAIL and the end of DATA
+	// readBy is the read deadline go-smtp set (Unix ns, 0: none).
+	readBy atomic.Int64
 
 	// wbuf holds replies until the session next reads (see Write).
 	wmu  sync.Mutex
 	wbuf []byte
 
 	mu sync.Mutex
-	// errors counts rejected commands; past ingress.max_errors the session
-	// ends with 421.
+	// errors counts commands answered with an error (Server.commandError);
+	// at ingress.max_errors the session ends with 421.
 	errors int
 	// counters for the disconnect log line
 	messages int
@@ -123,10 +126,34 @@ func (c *conn) Read(p []byte) (int, error) {
 	if c.eof.Load() {
 		return 0, io.EOF
 	}
+	var by time.Time
 	if d := c.srv.opts.ReadTimeout; d > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+		by = time.Now().Add(d)
 	}
+	if ns := c.readBy.Load(); ns != 0 && (by.IsZero() || ns < by.UnixNano()) {
+		by = time.Unix(0, ns)
+	}
+	_ = c.Conn.SetReadDeadline(by)
 	return c.Conn.Read(p)
+}
+
+// SetReadDeadline records go-smtp's deadline (for a command line, for the
+// data rate) for Read to combine with read_timeout. A TLS connection on
+// top passes its deadlines down to here.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	c.readBy.Store(ns)
+	return nil
+}
+
+// SetDeadline sets the read deadline as SetReadDeadline does, and the write
+// deadline (replaced by write_timeout at the next flush).
+func (c *conn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
 }
 
 // Write collects replies and sends them when the session next reads from
@@ -172,13 +199,13 @@ func (c *conn) flush() error {
 // replies itself.)
 func (c *conn) endAfterReply() { c.eof.Store(true) }
 
-// countError records a rejected command and reports whether the session
-// has used up its error budget.
-func (c *conn) countError() bool {
+// countError records a command answered with an error; it returns the
+// count and whether the session has used up its error budget.
+func (c *conn) countError() (int, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.errors++
-	return c.errors >= c.srv.opts.MaxErrors
+	return c.errors, c.errors >= c.srv.opts.MaxErrors
 }
 
 func (c *conn) Close() error {

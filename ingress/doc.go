@@ -16,17 +16,42 @@
 //     body can never end a transaction early at the next hop.
 //   - One reply funnel. Every error a session method returns goes through
 //     reply, which maps it to an *smtp.SMTPError; go-smtp would turn any
-//     other error from Data into a permanent 554.
+//     other error from Data into a permanent 554. 4xx is temporary, 5xx
+//     permanent, each with its RFC 3463 enhanced code (TestReplyFunnel).
+//   - One error budget. go-smtp hands every command answered with an
+//     error to Server.commandError: unknown commands (500 5.5.2), syntax
+//     errors (501), commands out of sequence (503 5.5.1: go-smtp answers
+//     them as RFC 5321 says, a nested MAIL leaves the transaction as it
+//     was) and the session's refusals all count against
+//     ingress.max_errors, except 452 4.5.3 (too many recipients, which the
+//     client sends again later), the relay's own temporary failures (4.3.x:
+//     broker unavailable, out of storage) and 421. The error that uses the budget up
+//     is answered, then 421 4.7.0 ends the session.
+//   - Slow clients are bounded. A command line must arrive whole within
+//     ingress.command_deadline, a message at ingress.min_data_rate on
+//     average (go-smtp's ReadTimeout and MinDataRate), and no read may
+//     stall longer than ingress.read_timeout (conn.Read combines them):
+//     421 4.4.2 otherwise. A failed TLS handshake after STARTTLS closes
+//     the connection; STARTTLS with arguments is 501 5.5.4.
+//   - AUTH only over TLS, unless ingress.allow_insecure_auth and the
+//     client is in ingress.insecure_auth_networks (loopback by default);
+//     the refusals (538 5.7.11, and 554 5.7.1 for a client not offered
+//     AUTH) name the keys to change. Failed AUTH locks the client address
+//     (421 4.7.0) and the user (454 4.7.0) out, on every ingress: the
+//     counts are in the broker (Options.Lockouts), each lockout is logged
+//     once, and `jetrelay user unlock` lifts one.
 //   - Lines of message content may be of any length, as in Postfix; the
 //     2000-byte line limit applies to command lines only, and the message
 //     size limit bounds the rest. That limit is exact: a message of
 //     max_message_bytes (as SIZE advertises it) is accepted by DATA and
 //     BDAT, one byte more is refused with 552 5.3.4.
-//   - Only go-smtp's public API. The three things it could not do (the
-//     two above, and un-stuffing DATA a line at a time rather than a byte
-//     at a time, a quarter of the relay's CPU for a 10 MiB message) are a
-//     small patch to jetrelay's copy of go-smtp, third_party/go-smtp, used
-//     through a replace directive in go.mod (third_party/README.md).
+//   - Only go-smtp's public API. What it could not do (the exact size
+//     limit and long content lines above, un-stuffing DATA a line at a
+//     time rather than a byte at a time — a quarter of the relay's CPU
+//     for a 10 MiB message —, the replies to commands out of sequence,
+//     STARTTLS, the error budget and the data rate) is a small patch to
+//     jetrelay's copy of go-smtp, third_party/go-smtp, used through a
+//     replace directive in go.mod (third_party/README.md).
 //   - The body is streamed: a message above the inline limit goes to the
 //     object store while it is read, and is never held whole in memory.
 //

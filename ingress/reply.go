@@ -12,17 +12,26 @@ import (
 // Conditions a session can run into. reply maps each to its SMTP reply;
 // they are wrapped with detail for the log, never shown to the client.
 var (
-	ErrRelayDenied       = errors.New("relay access denied")
-	ErrBadSender         = errors.New("bad sender address syntax")
-	ErrBadRecipient      = errors.New("bad recipient address syntax")
-	ErrNeedSMTPUTF8      = errors.New("non-ASCII address without SMTPUTF8")
-	ErrBareLineEnding    = errors.New("bare CR or LF in message data")
-	ErrMailLoop          = errors.New("too many Received headers: mail loop")
-	ErrTooLarge          = errors.New("message exceeds the size limit")
-	ErrAuthRequired      = errors.New("authentication required")
-	ErrAuthFailed        = errors.New("authentication failed")
-	ErrAuthPlaintext     = errors.New("authentication over plaintext refused")
-	ErrAuthLockedOut     = errors.New("too many failed authentications")
+	ErrRelayDenied = errors.New("relay access denied")
+	// ErrRelayDeniedAuthTLS: a client that could relay after AUTH was not
+	// offered AUTH, for want of TLS.
+	ErrRelayDeniedAuthTLS = errors.New("relay access denied, AUTH only over TLS")
+	ErrBadSender          = errors.New("bad sender address syntax")
+	ErrBadRecipient       = errors.New("bad recipient address syntax")
+	ErrNeedSMTPUTF8       = errors.New("non-ASCII address without SMTPUTF8")
+	ErrBareLineEnding     = errors.New("bare CR or LF in message data")
+	ErrMailLoop           = errors.New("too many Received headers: mail loop")
+	ErrTooLarge           = errors.New("message exceeds the size limit")
+	ErrAuthRequired       = errors.New("authentication required")
+	ErrAuthFailed         = errors.New("authentication failed")
+	ErrAuthPlaintext      = errors.New("authentication over plaintext refused")
+	// ErrAuthPlaintextNetwork: allow_insecure_auth is set, but the client
+	// is not in insecure_auth_networks.
+	ErrAuthPlaintextNetwork = errors.New("authentication over plaintext refused for this client address")
+	ErrAuthLockedOut        = errors.New("too many failed authentications")
+	// ErrUserLockedOut: the user is locked out (failures from anywhere),
+	// the client address is not.
+	ErrUserLockedOut     = errors.New("too many failed authentications for this user")
 	ErrTLSRequired       = errors.New("STARTTLS required")
 	ErrSenderNotAllowed  = errors.New("sender not allowed for this user")
 	ErrShuttingDown      = errors.New("ingress shutting down")
@@ -35,6 +44,7 @@ var (
 // Replies, one per row of design.md's table and per condition above.
 var (
 	replyRelayDenied  = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied"}
+	replyRelayNoAuth  = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied; AUTH is offered only over TLS: use STARTTLS (plaintext AUTH: ingress.allow_insecure_auth, ingress.insecure_auth_networks)"}
 	replyBadSender    = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
 	replyBadRcpt      = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	replyNeedUTF8     = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "Non-ASCII address requires SMTPUTF8"}
@@ -43,8 +53,10 @@ var (
 	replyTooLarge     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed limit"}
 	replyAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	replyAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	replyAuthPlain    = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for requested authentication mechanism"}
+	replyAuthPlain    = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for authentication: use STARTTLS, or allow plaintext AUTH with ingress.allow_insecure_auth"}
+	replyAuthPlainNet = &smtp.SMTPError{Code: 538, EnhancedCode: smtp.EnhancedCode{5, 7, 11}, Message: "Encryption required for authentication from this address: use STARTTLS, or add it to ingress.insecure_auth_networks"}
 	replyLockedOut    = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
+	replyUserLocked   = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications for this user, try again later"}
 	replyTLSRequired  = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
 	replySenderDenied = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address not allowed for this user"}
 	replyShutdown     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
@@ -71,6 +83,8 @@ func reply(err error) *smtp.SMTPError {
 	switch {
 	case errors.Is(err, ErrRelayDenied):
 		return replyRelayDenied
+	case errors.Is(err, ErrRelayDeniedAuthTLS):
+		return replyRelayNoAuth
 	case errors.Is(err, ErrBadSender):
 		return replyBadSender
 	case errors.Is(err, ErrBadRecipient):
@@ -89,8 +103,12 @@ func reply(err error) *smtp.SMTPError {
 		return replyAuthFailed
 	case errors.Is(err, ErrAuthPlaintext):
 		return replyAuthPlain
+	case errors.Is(err, ErrAuthPlaintextNetwork):
+		return replyAuthPlainNet
 	case errors.Is(err, ErrAuthLockedOut):
 		return replyLockedOut
+	case errors.Is(err, ErrUserLockedOut):
+		return replyUserLocked
 	case errors.Is(err, ErrTLSRequired):
 		return replyTLSRequired
 	case errors.Is(err, ErrSenderNotAllowed):

@@ -41,41 +41,61 @@ type Queue interface {
 
 // Options configure the ingress (see config.Ingress for their meaning).
 type Options struct {
-	Hostname            string
-	Listen              []string
-	TLSListen           []string
-	TLSConfig           *tls.Config // nil: no STARTTLS and no implicit TLS
-	RelayNetworks       []netip.Prefix
-	Users               *Users // nil: no AUTH
-	MaxMessageBytes     int64
-	MaxRecipients       int
-	ReadTimeout         time.Duration
-	WriteTimeout        time.Duration
-	AllowInsecureAuth   bool
-	RequireTLS          bool
-	MaxConnections      int
-	MaxConnectionsPerIP int
-	MaxErrors           int
-	MaxReceivedHeaders  int
-	AddMissingHeaders   bool
-	NormalizeBareLF     bool
-	AuthFailureLimit    int
-	AuthFailureWindow   time.Duration
-	AuthLockout         time.Duration
-	ShutdownGrace       time.Duration
+	Hostname          string
+	Listen            []string
+	TLSListen         []string
+	TLSConfig         *tls.Config // nil: no STARTTLS and no implicit TLS
+	RelayNetworks     []netip.Prefix
+	Users             *Users // nil: no AUTH
+	MaxMessageBytes   int64
+	MaxRecipients     int
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	CommandDeadline   time.Duration
+	MinDataRate       int
+	AllowInsecureAuth bool
+	// InsecureAuthNetworks are the clients that may AUTH without TLS
+	// when AllowInsecureAuth is set (nil: none).
+	InsecureAuthNetworks []netip.Prefix
+	RequireTLS           bool
+	MaxConnections       int
+	MaxConnectionsPerIP  int
+	MaxErrors            int
+	MaxReceivedHeaders   int
+	AddMissingHeaders    bool
+	NormalizeBareLF      bool
+	AuthFailureLimit     int
+	AuthFailureWindow    time.Duration
+	AuthLockout          time.Duration
+	ShutdownGrace        time.Duration
+	// Lockouts keeps the AUTH failures and lockouts that every ingress of
+	// a deployment shares (nil: this process counts alone, in memory).
+	Lockouts Lockouts
 	// Registerer receives the ingress metrics (nil: not exported).
 	Registerer prometheus.Registerer
+}
+
+// Lockouts is where AUTH failures are counted and lockouts kept, shared by
+// every ingress of a deployment; *broker.AuthLocks is one.
+type Lockouts interface {
+	// Locked reports whether key is locked out at now, and until when,
+	// without a round trip.
+	Locked(key string, now time.Time) (until time.Time, locked bool)
+	// Fail records a failed AUTH of key at now: the failure that makes
+	// limit within window locks key out for lockout, and only that call
+	// reports locked.
+	Fail(ctx context.Context, key string, limit int, window, lockout time.Duration, now time.Time) (until time.Time, locked bool, err error)
 }
 
 // Server is the SMTP ingress. Create it with New, bind with Listen, run
 // with Serve.
 type Server struct {
-	opts        Options
-	q           Queue
-	log         zerolog.Logger
-	metrics     *metrics
-	authLimiter *authLimiter
-	smtp        *smtp.Server
+	opts    Options
+	q       Queue
+	log     zerolog.Logger
+	metrics *metrics
+	guard   *authGuard
+	smtp    *smtp.Server
 
 	listeners    []net.Listener
 	tlsListeners []net.Listener
@@ -91,22 +111,27 @@ type Server struct {
 func New(opts Options, q Queue, log zerolog.Logger) *Server {
 	opts.fill()
 	s := &Server{
-		opts:        opts,
-		q:           q,
-		log:         log.With().Str("component", "ingress").Logger(),
-		metrics:     newMetrics(opts.Registerer),
-		authLimiter: newAuthLimiter(opts.AuthFailureLimit, opts.AuthFailureWindow, opts.AuthLockout),
-		connPerIP:   map[netip.Addr]int{},
-		conns:       map[*conn]struct{}{},
+		opts:      opts,
+		q:         q,
+		log:       log.With().Str("component", "ingress").Logger(),
+		metrics:   newMetrics(opts.Registerer),
+		guard:     newAuthGuard(opts),
+		connPerIP: map[netip.Addr]int{},
+		conns:     map[*conn]struct{}{},
 	}
 	srv := smtp.NewServer(s)
 	srv.Domain = opts.Hostname
 	srv.MaxMessageBytes = opts.MaxMessageBytes
 	srv.MaxRecipients = opts.MaxRecipients
 	srv.MaxLineLength = 2000
-	// Deadlines are per read and per write on our conn (see conn.Read);
-	// go-smtp's own ReadTimeout would span a whole DATA transfer.
-	srv.ReadTimeout, srv.WriteTimeout = 0, 0
+	// go-smtp sets a deadline for each whole command line and, inside
+	// DATA and BDAT, keeps the one of the minimum data rate (see
+	// third_party/README.md); our conn adds read_timeout as a limit on
+	// each read, and write_timeout on each write (see conn.Read).
+	srv.ReadTimeout, srv.MinDataRate = opts.CommandDeadline, opts.MinDataRate
+	srv.WriteTimeout = 0
+	// Every error reply counts against max_errors (commandError).
+	srv.CommandError = s.commandError
 	srv.TLSConfig = opts.TLSConfig
 	// AUTH over plaintext is refused by the session with 538 5.7.11, which
 	// go-smtp's own check (523) would pre-empt.
@@ -237,13 +262,47 @@ func (s *Server) activeConns() int {
 	return s.connCount
 }
 
-func (s *Server) relayAllowed(ip netip.Addr) bool {
-	for _, p := range s.opts.RelayNetworks {
+func (s *Server) relayAllowed(ip netip.Addr) bool { return inNetworks(s.opts.RelayNetworks, ip) }
+
+// insecureAuthAllowed reports whether ip may AUTH without TLS.
+func (s *Server) insecureAuthAllowed(ip netip.Addr) bool {
+	return s.opts.AllowInsecureAuth && inNetworks(s.opts.InsecureAuthNetworks, ip)
+}
+
+func inNetworks(nets []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range nets {
 		if p.Contains(ip) {
 			return true
 		}
 	}
 	return false
+}
+
+// commandError is go-smtp's Server.CommandError, called after every
+// command answered with an error: go-smtp's own (unknown commands,
+// syntax, commands out of sequence) and the session's refusals alike. It
+// counts the reply in the metrics and against the session's error budget,
+// ingress.max_errors (like Postfix's smtpd_hard_error_limit), except a 421
+// (the session ends anyway), 452 4.5.3 for too many recipients (RFC 5321
+// 4.5.3.1.10: the client sends the rest in another transaction) and the
+// relay's own temporary failures, 4.3.x (the broker unavailable or out of
+// storage: nothing the client did wrong). The
+// error that uses up the budget is answered, then 421 4.7.0 ends the
+// session.
+func (s *Server) commandError(c *smtp.Conn, code int, enh smtp.EnhancedCode) *smtp.SMTPError {
+	s.metrics.rejected(rejectReason(&smtp.SMTPError{Code: code, EnhancedCode: enh}))
+	cn := connOf(c.Conn())
+	if cn == nil || code == 421 || code == 452 && enh == (smtp.EnhancedCode{4, 5, 3}) || code/100 == 4 && enh[0] == 4 && enh[1] == 3 {
+		return nil
+	}
+	n, over := cn.countError()
+	if !over {
+		return nil
+	}
+	r := reply(ErrTooManyErrors)
+	cn.log.Warn().Int("errors", n).Int("smtp_code", r.Code).Msg("too many errors, disconnecting")
+	s.metrics.rejected(rejectReason(r))
+	return r
 }
 
 // accept reads a message from DATA/BDAT and publishes it. It returns the

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -63,9 +64,9 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	return ss, nil
 }
 
-// fail logs a refused command, counts it against the session's error
-// budget and returns the reply for it. Past the budget the reply becomes
-// 421 and the session ends.
+// fail logs a refused command and returns the reply for it; a 421 ends
+// the session. (go-smtp hands every error reply to Server.commandError,
+// which counts it in the metrics and against the session's error budget.)
 func (s *session) fail(stage string, err error) error {
 	r := reply(err)
 	ev := s.log.Warn()
@@ -73,15 +74,8 @@ func (s *session) fail(stage string, err error) error {
 		ev = ev.Str("msg_id", s.qid)
 	}
 	ev.Str("stage", stage).Int("smtp_code", r.Code).Str("reason", err.Error()).Msg("reject")
-	s.srv.metrics.rejected(rejectReason(r))
 	if r.Code == 421 {
 		s.conn.endAfterReply()
-		return asError(r)
-	}
-	if s.conn.countError() {
-		s.log.Warn().Msg("too many errors, disconnecting")
-		s.conn.endAfterReply()
-		return asError(replyTooManyErrs)
 	}
 	return asError(r)
 }
@@ -139,6 +133,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 // Rcpt implements smtp.Session.
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !s.relayNet && s.authUser == "" {
+		if s.srv.opts.Users != nil && len(s.AuthMechanisms()) == 0 {
+			// The client could relay after AUTH, but was not offered
+			// it (no TLS): say so, as Database Mail with basic
+			// authentication on port 25 only shows this reply.
+			return s.fail("rcpt", fmt.Errorf("%w: <%s> from %s, AUTH not offered without TLS", ErrRelayDeniedAuthTLS, to, s.conn.ip))
+		}
 		return s.fail("rcpt", fmt.Errorf("%w: <%s> from %s", ErrRelayDenied, to, s.conn.ip))
 	}
 	norm, err := checkAddress(to, s.params.SMTPUTF8)
@@ -206,9 +206,10 @@ func (s *session) reset() {
 func (s *session) Logout() error { return nil }
 
 // AuthMechanisms implements smtp.AuthSession: offered only when a users
-// file is configured, and only over TLS unless allow_insecure_auth.
+// file is configured, and only over TLS unless allow_insecure_auth and the
+// client is in insecure_auth_networks (loopback by default).
 func (s *session) AuthMechanisms() []string {
-	if s.srv.opts.Users == nil || (!s.tlsOn && !s.srv.opts.AllowInsecureAuth) {
+	if s.srv.opts.Users == nil || (!s.tlsOn && !s.srv.insecureAuthAllowed(s.conn.ip)) {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -219,11 +220,14 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	if s.srv.opts.Users == nil {
 		return nil, smtp.ErrAuthUnsupported
 	}
-	if !s.tlsOn && !s.srv.opts.AllowInsecureAuth {
-		return nil, s.fail("auth", ErrAuthPlaintext)
+	if !s.tlsOn && !s.srv.insecureAuthAllowed(s.conn.ip) {
+		if !s.srv.opts.AllowInsecureAuth {
+			return nil, s.fail("auth", ErrAuthPlaintext)
+		}
+		return nil, s.fail("auth", fmt.Errorf("%w: %s", ErrAuthPlaintextNetwork, s.conn.ip))
 	}
-	if s.srv.authLimiter.locked(s.conn.ip) {
-		return nil, s.fail("auth", ErrAuthLockedOut)
+	if until, ok := s.srv.guard.locked(LockoutKeyAddr(s.conn.ip)); ok {
+		return nil, s.fail("auth", fmt.Errorf("%w: %s until %s", ErrAuthLockedOut, s.conn.ip, until.Format(time.RFC3339)))
 	}
 	check := func(identity, user, pass string) error {
 		return s.authenticate(strings.ToUpper(mech), identity, user, pass)
@@ -242,11 +246,25 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 		s.srv.metrics.auth.WithLabelValues(mech, "failure").Inc()
 		return s.fail("auth", fmt.Errorf("%w: user %q may not act as %q", ErrAuthFailed, user, identity))
 	}
+	if until, ok := s.srv.guard.locked(LockoutKeyUser(user)); ok {
+		s.srv.metrics.auth.WithLabelValues(mech, "failure").Inc()
+		return s.fail("auth", fmt.Errorf("%w: user %q until %s", ErrUserLockedOut, user, until.Format(time.RFC3339)))
+	}
 	u, ok := s.srv.opts.Users.Check(user, pass)
 	if !ok {
 		s.srv.metrics.auth.WithLabelValues(mech, "failure").Inc()
-		if s.srv.authLimiter.fail(s.conn.ip) {
-			return s.fail("auth", fmt.Errorf("%w: user %q, now locked out", ErrAuthLockedOut, user))
+		addrLocked := s.lockoutFailure(LockoutKeyAddr(s.conn.ip), "address", user)
+		userLocked := false
+		if s.srv.opts.Users.Exists(user) {
+			// Only users that exist: names an attacker makes up are
+			// not worth a record.
+			userLocked = s.lockoutFailure(LockoutKeyUser(user), "user", user)
+		}
+		switch {
+		case addrLocked:
+			return s.fail("auth", fmt.Errorf("%w: user %q, %s now locked out", ErrAuthLockedOut, user, s.conn.ip))
+		case userLocked:
+			return s.fail("auth", fmt.Errorf("%w: user %q now locked out", ErrUserLockedOut, user))
 		}
 		return s.fail("auth", fmt.Errorf("%w: user %q", ErrAuthFailed, user))
 	}
@@ -255,6 +273,23 @@ func (s *session) authenticate(mech, identity, user, pass string) error {
 	s.conn.setAuthUser(user)
 	s.log.Info().Str("user", user).Str("mechanism", mech).Msg("auth")
 	return nil
+}
+
+// lockoutFailure counts a failed AUTH under key and reports whether it
+// started a lockout, which it logs: once, by the ingress whose failure
+// reached the limit.
+func (s *session) lockoutFailure(key, kind, user string) bool {
+	until, err := s.srv.guard.fail(context.Background(), key)
+	if err != nil {
+		s.log.Warn().Err(err).Str("key", key).Msg("auth failure counted by this ingress alone: the shared lockouts are unavailable")
+	}
+	if until.IsZero() {
+		return false
+	}
+	s.log.Warn().Str("lockout", kind).Str("addr", s.conn.ip.String()).Str("user", user).
+		Int("failures", s.srv.opts.AuthFailureLimit).Dur("window", s.srv.opts.AuthFailureWindow).
+		Time("until", until).Msg("auth lockout")
+	return true
 }
 
 // proto is the "with" keyword of the Received header (RFC 3848).

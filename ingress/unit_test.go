@@ -28,9 +28,11 @@ func TestReplyFunnel(t *testing.T) {
 	}{
 		// design.md's reply table
 		{"relay not permitted", ErrRelayDenied, 554, smtp.EnhancedCode{5, 7, 1}},
+		{"relay not permitted, AUTH only over TLS", ErrRelayDeniedAuthTLS, 554, smtp.EnhancedCode{5, 7, 1}},
 		{"auth required", ErrAuthRequired, 530, smtp.EnhancedCode{5, 7, 0}},
 		{"auth failed", ErrAuthFailed, 535, smtp.EnhancedCode{5, 7, 8}},
 		{"auth over plaintext", ErrAuthPlaintext, 538, smtp.EnhancedCode{5, 7, 11}},
+		{"auth over plaintext, address not listed", ErrAuthPlaintextNetwork, 538, smtp.EnhancedCode{5, 7, 11}},
 		{"message too large", ErrTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
 		{"message too large (go-smtp reader)", smtp.ErrDataTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
 		{"broker unavailable", fmt.Errorf("publish: %w", broker.ErrUnavailable), 451, smtp.EnhancedCode{4, 3, 0}},
@@ -44,6 +46,7 @@ func TestReplyFunnel(t *testing.T) {
 		{"needs SMTPUTF8", ErrNeedSMTPUTF8, 553, smtp.EnhancedCode{5, 6, 7}},
 		{"mail loop", ErrMailLoop, 554, smtp.EnhancedCode{5, 4, 6}},
 		{"locked out", ErrAuthLockedOut, 421, smtp.EnhancedCode{4, 7, 0}},
+		{"user locked out", ErrUserLockedOut, 454, smtp.EnhancedCode{4, 7, 0}},
 		{"STARTTLS required", ErrTLSRequired, 530, smtp.EnhancedCode{5, 7, 0}},
 		{"sender not allowed", ErrSenderNotAllowed, 553, smtp.EnhancedCode{5, 7, 1}},
 		{"shutting down", ErrShuttingDown, 421, smtp.EnhancedCode{4, 3, 2}},
@@ -75,6 +78,21 @@ func TestReplyFunnel(t *testing.T) {
 	}
 	if reply(nil) != nil || asError(nil) != nil {
 		t.Fatal("nil must map to nil")
+	}
+	// The refusals of plaintext AUTH say what to change.
+	for _, tc := range []struct {
+		err  error
+		keys []string
+	}{
+		{ErrAuthPlaintext, []string{"STARTTLS", "ingress.allow_insecure_auth"}},
+		{ErrAuthPlaintextNetwork, []string{"STARTTLS", "ingress.insecure_auth_networks"}},
+		{ErrRelayDeniedAuthTLS, []string{"STARTTLS", "ingress.allow_insecure_auth", "ingress.insecure_auth_networks"}},
+	} {
+		for _, k := range tc.keys {
+			if !strings.Contains(reply(tc.err).Message, k) {
+				t.Errorf("reply to %v does not name %s: %q", tc.err, k, reply(tc.err).Message)
+			}
+		}
 	}
 	if q, ok := queuedReply("0KQ3H5XZ7M2P9RTA").(*smtp.SMTPError); !ok || q.Code != 250 || q.Message != "queued as 0KQ3H5XZ7M2P9RTA" {
 		t.Fatalf("queued reply = %#v", q)
@@ -281,31 +299,101 @@ func TestLoginServer(t *testing.T) {
 func TestAuthLimiter(t *testing.T) {
 	now := time.Unix(1000, 0)
 	l := newAuthLimiter(3, time.Minute, 5*time.Minute)
-	l.now = func() time.Time { return now }
-	ip := netip.MustParseAddr("192.0.2.7")
-	other := netip.MustParseAddr("192.0.2.8")
-	if l.fail(ip) || l.fail(ip) {
-		t.Fatal("locked too early")
+	ip := LockoutKeyAddr(netip.MustParseAddr("192.0.2.7"))
+	other := LockoutKeyAddr(netip.MustParseAddr("192.0.2.8"))
+	for i := 0; i < 2; i++ {
+		if until, locked := l.fail(ip, now); locked || !until.IsZero() {
+			t.Fatal("locked too early")
+		}
 	}
-	if l.locked(ip) {
+	if _, ok := l.locked(ip, now); ok {
 		t.Fatal("locked before the limit")
 	}
-	if !l.fail(ip) || !l.locked(ip) {
+	if until, _ := l.fail(ip, now); !until.Equal(now.Add(5 * time.Minute)) {
+		t.Fatalf("the failure at the limit reports %v", until)
+	}
+	if until, ok := l.locked(ip, now); !ok || !until.Equal(now.Add(5*time.Minute)) {
 		t.Fatal("not locked at the limit")
 	}
-	if l.locked(other) {
-		t.Fatal("lockout leaked to another IP")
+	// Once locked, more failures start no new lockout.
+	if until, locked := l.fail(ip, now); !locked || !until.IsZero() {
+		t.Fatal("a failure during the lockout started another")
+	}
+	if _, ok := l.locked(other, now); ok {
+		t.Fatal("lockout leaked to another key")
 	}
 	now = now.Add(5*time.Minute + time.Second)
-	if l.locked(ip) {
+	if _, ok := l.locked(ip, now); ok {
 		t.Fatal("still locked after the cooling-off period")
 	}
 	// Failures spread wider than the window do not add up.
 	for i := 0; i < 5; i++ {
 		now = now.Add(2 * time.Minute)
-		if l.fail(other) {
+		if _, locked := l.fail(other, now); locked {
 			t.Fatal("locked by failures outside the window")
 		}
+	}
+}
+
+// fakeLockouts is a shared lockout store that can be down.
+type fakeLockouts struct {
+	down  bool
+	l     *authLimiter
+	calls int
+}
+
+func (f *fakeLockouts) Locked(key string, now time.Time) (time.Time, bool) {
+	return f.l.locked(key, now)
+}
+func (f *fakeLockouts) Fail(_ context.Context, key string, _ int, _, _ time.Duration, now time.Time) (time.Time, bool, error) {
+	f.calls++
+	if f.down {
+		return time.Time{}, false, broker.ErrUnavailable
+	}
+	until, locked := f.l.fail(key, now)
+	return until, !until.IsZero() && locked, nil
+}
+
+// The guard counts through the shared store, in memory while the store
+// cannot be reached, and a lockout of either kind holds.
+func TestAuthGuard(t *testing.T) {
+	now := time.Unix(1000, 0)
+	shared := &fakeLockouts{l: newAuthLimiter(3, time.Minute, 5*time.Minute)}
+	g := newAuthGuard(Options{Lockouts: shared, AuthFailureLimit: 3, AuthFailureWindow: time.Minute, AuthLockout: 5 * time.Minute})
+	g.now = func() time.Time { return now }
+	ctx := context.Background()
+	user := LockoutKeyUser("dbmail")
+	for i := 0; i < 2; i++ {
+		if until, err := g.fail(ctx, user); err != nil || !until.IsZero() {
+			t.Fatalf("failure %d: %v %v", i, until, err)
+		}
+	}
+	if until, err := g.fail(ctx, user); err != nil || !until.Equal(now.Add(5*time.Minute)) {
+		t.Fatalf("third failure: %v %v", until, err)
+	}
+	if _, ok := g.locked(user); !ok || shared.calls != 3 {
+		t.Fatalf("not locked through the shared store (%d calls)", shared.calls)
+	}
+	// The store is down: counted in memory, and locked all the same.
+	shared.down = true
+	ip := LockoutKeyAddr(netip.MustParseAddr("192.0.2.9"))
+	for i := 0; i < 2; i++ {
+		if until, err := g.fail(ctx, ip); err == nil || !until.IsZero() {
+			t.Fatalf("failure %d with the store down: %v %v", i, until, err)
+		}
+	}
+	if until, _ := g.fail(ctx, ip); !until.Equal(now.Add(5 * time.Minute)) {
+		t.Fatalf("third failure with the store down: %v", until)
+	}
+	if _, ok := g.locked(ip); !ok {
+		t.Fatal("not locked in memory")
+	}
+	now = now.Add(5*time.Minute + time.Second)
+	if _, ok := g.locked(ip); ok {
+		t.Fatal("still locked after the lockout")
+	}
+	if _, ok := g.locked(user); ok {
+		t.Fatal("still locked after the lockout")
 	}
 }
 

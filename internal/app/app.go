@@ -138,6 +138,12 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 		}
 		a.reloader = rl
 		opts.Registerer = a.reg
+		// AUTH lockouts shared with every ingress, through the broker.
+		locks, err := a.bc.WatchAuthLocks(ctx)
+		if err != nil {
+			return a, err
+		}
+		opts.Lockouts = locks
 		a.ingress = ingress.New(opts, a.bc, log)
 		if err := a.ingress.Listen(); err != nil {
 			return a, err

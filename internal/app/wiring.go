@@ -160,6 +160,8 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 		MaxRecipients:       ic.MaxRecipients,
 		ReadTimeout:         ic.ReadTimeout.D(),
 		WriteTimeout:        ic.WriteTimeout.D(),
+		CommandDeadline:     ic.CommandDeadline.D(),
+		MinDataRate:         ic.MinDataRate,
 		AllowInsecureAuth:   ic.AllowInsecureAuth,
 		RequireTLS:          ic.RequireTLS,
 		MaxConnections:      ic.MaxConnections,
@@ -179,6 +181,13 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 			return o, nil, err
 		}
 		o.RelayNetworks = append(o.RelayNetworks, p)
+	}
+	for _, n := range ic.InsecureAuthNetworks {
+		p, err := config.ParseNetwork(n)
+		if err != nil {
+			return o, nil, err
+		}
+		o.InsecureAuthNetworks = append(o.InsecureAuthNetworks, p)
 	}
 	if ic.UsersFile != "" {
 		u, err := ingress.LoadUsers(ic.UsersFile)

@@ -133,20 +133,36 @@ type Ingress struct {
 	MaxMessageBytes ByteSize `yaml:"max_message_bytes"`
 	MaxRecipients   int      `yaml:"max_recipients"`
 	// ReadTimeout is the idle limit for every read from a client, in
-	// commands and inside DATA alike: a slow but steady upload never times
-	// out, a stalled one does (RFC 5321 §4.5.3.2 asks for at least 5 minutes).
+	// commands and inside DATA alike: a stalled client is cut off (RFC
+	// 5321 §4.5.3.2 asks for at least 5 minutes).
 	ReadTimeout  Duration `yaml:"read_timeout"`
 	WriteTimeout Duration `yaml:"write_timeout"`
-	// AllowInsecureAuth offers AUTH on connections without TLS.
+	// CommandDeadline is the time a client has for a whole command line,
+	// from when the ingress starts waiting for it, however it trickles in
+	// (Postfix's smtpd_per_record_deadline); with MinDataRate also the
+	// most time a client has in hand inside DATA and BDAT.
+	CommandDeadline Duration `yaml:"command_deadline"`
+	// MinDataRate is the lowest average rate, in bytes per second, at
+	// which a client may send a message (DATA, BDAT), as Postfix's
+	// smtpd_min_data_rate: each read spends the time it took, each byte
+	// earns 1/MinDataRate s, never more than CommandDeadline in hand.
+	MinDataRate int `yaml:"min_data_rate"`
+	// AllowInsecureAuth offers AUTH without TLS to clients in
+	// InsecureAuthNetworks (loopback by default).
 	AllowInsecureAuth bool `yaml:"allow_insecure_auth"`
+	// InsecureAuthNetworks are the clients that may AUTH without TLS when
+	// AllowInsecureAuth is set; listing networks replaces loopback.
+	InsecureAuthNetworks StringList `yaml:"insecure_auth_networks"`
 	// RequireTLS refuses MAIL before STARTTLS for clients outside
 	// relay_networks.
 	RequireTLS bool `yaml:"require_tls"`
 	// MaxConnections and MaxConnectionsPerIP bound concurrent sessions.
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
-	// MaxErrors is how many failed commands a session may have before it is
-	// disconnected with 421.
+	// MaxErrors is how many commands answered with an error (unknown
+	// commands, syntax errors, commands out of sequence, refusals; not
+	// 452 for too many recipients) a session may have: the last is
+	// followed by 421 4.7.0 and the disconnect.
 	MaxErrors int `yaml:"max_errors"`
 	// MaxReceivedHeaders: a message with more Received headers is a loop.
 	MaxReceivedHeaders int `yaml:"max_received_headers"`
@@ -156,8 +172,10 @@ type Ingress struct {
 	// "reject" (550 5.5.2, like Postfix's smtpd_forbid_bare_newline) or
 	// "normalize" (rewrite to CRLF).
 	BareLineEndings string `yaml:"bare_line_endings"`
-	// AuthFailureLimit failed AUTH attempts from one IP within
-	// AuthFailureWindow lock that IP out for AuthLockout.
+	// AuthFailureLimit failed AUTH attempts from one client address, or
+	// for one user, within AuthFailureWindow lock that address or user
+	// out for AuthLockout, on every ingress of the deployment (`jetrelay
+	// user unlock` lifts it).
 	AuthFailureLimit  int      `yaml:"auth_failure_limit"`
 	AuthFailureWindow Duration `yaml:"auth_failure_window"`
 	AuthLockout       Duration `yaml:"auth_lockout"`
@@ -388,6 +406,10 @@ func Default() *Config {
 	for i, p := range in.RelayNetworks {
 		nets[i] = p.String()
 	}
+	insecureNets := make(StringList, len(in.InsecureAuthNetworks))
+	for i, p := range in.InsecureAuthNetworks {
+		insecureNets[i] = p.String()
+	}
 	schedule := make([]Duration, len(d.Schedule))
 	for i, w := range d.Schedule {
 		schedule[i] = Duration(w)
@@ -406,22 +428,25 @@ func Default() *Config {
 			// DedupeWindow 0: derived, see Config.DedupeWindow.
 		},
 		Ingress: Ingress{
-			Listen:              StringList(in.Listen),
-			RelayNetworks:       nets,
-			MaxMessageBytes:     ByteSize(in.MaxMessageBytes),
-			MaxRecipients:       in.MaxRecipients,
-			ReadTimeout:         Duration(in.ReadTimeout),
-			WriteTimeout:        Duration(in.WriteTimeout),
-			MaxConnections:      in.MaxConnections,
-			MaxConnectionsPerIP: in.MaxConnectionsPerIP,
-			MaxErrors:           in.MaxErrors,
-			MaxReceivedHeaders:  in.MaxReceivedHeaders,
-			AddMissingHeaders:   &t,
-			BareLineEndings:     "reject",
-			AuthFailureLimit:    in.AuthFailureLimit,
-			AuthFailureWindow:   Duration(in.AuthFailureWindow),
-			AuthLockout:         Duration(in.AuthLockout),
-			ShutdownGrace:       Duration(in.ShutdownGrace),
+			Listen:               StringList(in.Listen),
+			RelayNetworks:        nets,
+			MaxMessageBytes:      ByteSize(in.MaxMessageBytes),
+			MaxRecipients:        in.MaxRecipients,
+			ReadTimeout:          Duration(in.ReadTimeout),
+			WriteTimeout:         Duration(in.WriteTimeout),
+			CommandDeadline:      Duration(in.CommandDeadline),
+			MinDataRate:          in.MinDataRate,
+			InsecureAuthNetworks: insecureNets,
+			MaxConnections:       in.MaxConnections,
+			MaxConnectionsPerIP:  in.MaxConnectionsPerIP,
+			MaxErrors:            in.MaxErrors,
+			MaxReceivedHeaders:   in.MaxReceivedHeaders,
+			AddMissingHeaders:    &t,
+			BareLineEndings:      "reject",
+			AuthFailureLimit:     in.AuthFailureLimit,
+			AuthFailureWindow:    Duration(in.AuthFailureWindow),
+			AuthLockout:          Duration(in.AuthLockout),
+			ShutdownGrace:        Duration(in.ShutdownGrace),
 		},
 		Delivery: Delivery{
 			Port:                     r.Port,

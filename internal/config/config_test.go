@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jetrelay/jetrelay/ingress"
 )
 
 // designSample is the configuration block of design.md, verbatim in its
@@ -470,5 +472,44 @@ delivery:
 	a, b := cfg.Delivery.Routes["a.example"], cfg.Delivery.Routes["b.example"]
 	if a.TLS != "required" || a.Username != "relay@corp.example" || a.Host != "a:25" || b.TLS != "implicit" {
 		t.Fatalf("merge: %+v %+v", a, b)
+	}
+}
+
+// The ingress keys of issue 16: defaults from ingress.DefaultOptions, and
+// what validation refuses.
+func TestIngressConformanceKeys(t *testing.T) {
+	d, in := Default(), ingress.DefaultOptions()
+	if d.Ingress.CommandDeadline.D() != in.CommandDeadline || d.Ingress.CommandDeadline.D() != 5*time.Minute ||
+		d.Ingress.MinDataRate != in.MinDataRate || d.Ingress.MinDataRate != 500 ||
+		strings.Join(d.Ingress.InsecureAuthNetworks, ",") != "127.0.0.0/8,::1/128" || d.Ingress.AllowInsecureAuth {
+		t.Fatalf("defaults: %+v", d.Ingress)
+	}
+	cfg, _, err := Load(writeFile(t, `
+ingress:
+  command_deadline: 10m
+  min_data_rate: 100
+  allow_insecure_auth: true
+  insecure_auth_networks: ["10.1.2.0/24", "10.1.3.17"]
+`), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Ingress.CommandDeadline.D() != 10*time.Minute || cfg.Ingress.MinDataRate != 100 || len(cfg.Ingress.InsecureAuthNetworks) != 2 {
+		t.Fatalf("loaded: %+v", cfg.Ingress)
+	}
+	cfg = Default()
+	cfg.Ingress.CommandDeadline = Duration(500 * time.Millisecond)
+	cfg.Ingress.MinDataRate = 0
+	cfg.Ingress.InsecureAuthNetworks = StringList{"10.0.0.0/33"}
+	cfg.Ingress.AuthLockout = Duration(48 * time.Hour)
+	cfg.Ingress.AuthFailureWindow = 0
+	err = cfg.Validate()
+	for _, want := range []string{"ingress.command_deadline", "ingress.min_data_rate", `ingress.insecure_auth_networks: "10.0.0.0/33"`, "ingress.auth_lockout", "ingress.auth_failure_window"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery"
 )
 
@@ -145,6 +146,17 @@ func (c *Config) Validate() error {
 		add("ingress.read_timeout", "must be at least 1s, got %s", c.Ingress.ReadTimeout)
 	}
 	positive(add, "ingress.write_timeout", c.Ingress.WriteTimeout)
+	if c.Ingress.CommandDeadline.D() < time.Second {
+		add("ingress.command_deadline", "must be at least 1s, got %s (RFC 5321 asks for at least 5m)", c.Ingress.CommandDeadline)
+	}
+	if c.Ingress.MinDataRate < 1 {
+		add("ingress.min_data_rate", "must be at least 1 (bytes per second), got %d", c.Ingress.MinDataRate)
+	}
+	for _, n := range c.Ingress.InsecureAuthNetworks {
+		if _, err := ParseNetwork(n); err != nil {
+			add("ingress.insecure_auth_networks", "%v", err)
+		}
+	}
 	if c.Ingress.MaxConnections < 1 {
 		add("ingress.max_connections", "must be at least 1")
 	}
@@ -164,6 +176,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Ingress.AuthFailureLimit < 1 {
 		add("ingress.auth_failure_limit", "must be at least 1")
+	}
+	for _, k := range []struct {
+		key string
+		d   Duration
+	}{{"ingress.auth_failure_window", c.Ingress.AuthFailureWindow}, {"ingress.auth_lockout", c.Ingress.AuthLockout}} {
+		// The broker keeps a lockout's record that long.
+		if k.d <= 0 || k.d.D() > broker.AuthLockoutMaxAge {
+			add(k.key, "must be positive and at most %s, got %s", Duration(broker.AuthLockoutMaxAge), k.d)
+		}
 	}
 
 	// delivery

@@ -44,6 +44,18 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// errCode and errEnh are the first error reply (4xx or 5xx) to the
+	// command being handled, for Server.CommandError.
+	errCode int
+	errEnh  EnhancedCode
+
+	// While message content is read (DATA, BDAT): the time the client has
+	// left under Server.MinDataRate, and the first error reading the
+	// connection (see connReader).
+	content     bool
+	contentLeft time.Duration
+	contentErr  error
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
@@ -62,7 +74,7 @@ func (c *Conn) init() {
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.conn,
+		Reader: connReader{c},
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -80,6 +92,65 @@ func (c *Conn) init() {
 	}
 
 	c.text = textproto.NewConn(rwc)
+}
+
+// connReader is what the server reads the connection through. While
+// message content is read (between startContent and endContent) it
+// remembers the first error and, with Server.MinDataRate, keeps the
+// deadline: every read spends the time it took from what the client has
+// left and earns the time its bytes are worth at MinDataRate, never more
+// than ReadTimeout in all (Postfix's smtpd_min_data_rate). Time the
+// backend takes between reads is not the client's.
+type connReader struct{ c *Conn }
+
+func (r connReader) Read(p []byte) (int, error) {
+	c := r.c
+	if !c.content {
+		return c.conn.Read(p)
+	}
+	rate, limit := c.server.MinDataRate, c.server.ReadTimeout
+	var start time.Time
+	if rate > 0 && limit > 0 {
+		start = time.Now()
+		if err := c.conn.SetReadDeadline(start.Add(c.contentLeft)); err != nil {
+			c.contentErr = err
+			return 0, err
+		}
+	}
+	n, err := c.conn.Read(p)
+	if !start.IsZero() {
+		c.contentLeft -= time.Since(start)
+		c.contentLeft += time.Duration(n) * time.Second / time.Duration(rate)
+		if c.contentLeft > limit {
+			c.contentLeft = limit
+		}
+	}
+	if err != nil && c.contentErr == nil {
+		c.contentErr = err
+	}
+	return n, err
+}
+
+// startContent starts reading message content (see connReader).
+func (c *Conn) startContent() {
+	c.content, c.contentLeft, c.contentErr = true, c.server.ReadTimeout, nil
+}
+
+// endContent ends reading message content. If reading the connection
+// failed meanwhile, the rest of the content is unread and the session
+// cannot go on: the connection is closed, after 421 4.4.2 when the client
+// was too slow, and endContent reports true.
+func (c *Conn) endContent() (closed bool) {
+	err := c.contentErr
+	c.content, c.contentErr = false, nil
+	if err == nil {
+		return false
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		c.writeResponse(421, EnhancedCode{4, 4, 2}, "Timeout exceeded, closing connection")
+	}
+	c.Close()
+	return true
 }
 
 // Commands are dispatched to the appropriate handler functions.
@@ -139,7 +210,7 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "AUTH":
 		c.handleAuth(arg)
 	case "STARTTLS":
-		c.handleStartTLS()
+		c.handleStartTLS(arg)
 	default:
 		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
 		c.protocolError(500, EnhancedCode{5, 5, 2}, msg)
@@ -203,9 +274,12 @@ func (c *Conn) authAllowed() bool {
 }
 
 // protocolError writes errors responses and closes the connection once too many
-// have occurred.
+// have occurred (unless the server counts errors itself: Server.CommandError).
 func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
 	c.writeResponse(code, ec, msg)
+	if c.server.CommandError != nil {
+		return
+	}
 
 	c.errCount++
 	if c.errCount > errThreshold {
@@ -313,11 +387,17 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		return
+	}
+	if c.fromReceived {
+		// RFC 5321 4.1.4: MAIL starts a transaction only when none is
+		// in progress; the one in progress stays as it is.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
 		return
 	}
 
@@ -699,11 +779,11 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
 		return
 	}
 
@@ -813,17 +893,22 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.didAuth {
 		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Already authenticated")
 		return
 	}
+	if c.fromReceived {
+		// RFC 4954 4: not permitted during a mail transaction.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "AUTH not allowed during a mail transaction")
+		return
+	}
 
 	parts := strings.Fields(arg)
 	if len(parts) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing parameter")
 		return
 	}
 
@@ -912,9 +997,13 @@ func (c *Conn) auth(mech string) (sasl.Server, error) {
 	return nil, ErrAuthUnknownMechanism
 }
 
-func (c *Conn) handleStartTLS() {
+func (c *Conn) handleStartTLS(arg string) {
+	if arg != "" {
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Syntax: STARTTLS takes no parameters")
+		return
+	}
 	if _, isTLS := c.TLSConnectionState(); isTLS {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Already running in TLS")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Already running in TLS")
 		return
 	}
 
@@ -929,7 +1018,11 @@ func (c *Conn) handleStartTLS() {
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
 
 	if err := tlsConn.Handshake(); err != nil {
-		c.writeResponse(550, EnhancedCode{5, 0, 0}, "Handshake error")
+		// The client has started TLS, so a reply in plaintext would not
+		// be understood, and the session must not go on without the
+		// TLS the client asked for: close it.
+		c.server.ErrorLog.Printf("TLS handshake with %v after STARTTLS failed: %v", c.conn.RemoteAddr(), err)
+		c.Close()
 		return
 	}
 
@@ -956,16 +1049,21 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
+		// RFC 3030 3: DATA after BDAT in one transaction is 503.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
 		return
 	}
 
-	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+	if !c.fromReceived {
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		return
+	}
+	if len(c.recipients) == 0 {
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		return
 	}
 
@@ -974,8 +1072,10 @@ func (c *Conn) handleData(arg string) {
 
 	defer c.reset()
 
+	c.startContent()
 	if c.server.LMTP {
 		c.handleDataLMTP()
+		c.endContent()
 		return
 	}
 
@@ -983,6 +1083,9 @@ func (c *Conn) handleData(arg string) {
 	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
 	r.limited = false
 	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+	if c.endContent() {
+		return
+	}
 	c.writeResponse(code, enhancedCode, msg)
 }
 
@@ -1013,10 +1116,14 @@ func (c *Conn) handleBdat(arg string) {
 		return
 	}
 
+	// The chunk follows the command, whatever the reply to it.
+	c.startContent()
+
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.endContent()
 		return
 	}
 
@@ -1025,6 +1132,9 @@ func (c *Conn) handleBdat(arg string) {
 
 		// Discard chunk itself without passing it to backend.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		if c.endContent() {
+			return
+		}
 
 		c.reset()
 		return
@@ -1079,7 +1189,12 @@ func (c *Conn) handleBdat(arg string) {
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
 		io.Copy(ioutil.Discard, chunk)
-
+	}
+	if c.endContent() {
+		// Reading the chunk failed: Close ended the transfer.
+		return
+	}
+	if err != nil {
 		c.writeResponse(dataErrorToStatus(err))
 
 		if err == errPanic {
@@ -1294,6 +1409,9 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 			enhCode = NoEnhancedCode
 		}
 	}
+	if code >= 400 && c.errCode == 0 {
+		c.errCode, c.errEnh = code, enhCode
+	}
 
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
@@ -1335,6 +1453,24 @@ func (c *Conn) readLine() (string, error) {
 		c.lineErr = err
 	}
 	return line, err
+}
+
+// commandDone is called after each command: it hands the first error
+// reply to the command, if any, to Server.CommandError, and closes the
+// connection when that says so. It reports whether it did.
+func (c *Conn) commandDone() (closed bool) {
+	code, enh := c.errCode, c.errEnh
+	c.errCode, c.errEnh = 0, EnhancedCode{}
+	if code == 0 || c.server.CommandError == nil {
+		return false
+	}
+	r := c.server.CommandError(c, code, enh)
+	if r == nil {
+		return false
+	}
+	c.writeResponse(r.Code, r.EnhancedCode, r.Message)
+	c.Close()
+	return true
 }
 
 func (c *Conn) reset() {

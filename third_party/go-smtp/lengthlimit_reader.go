@@ -53,16 +53,18 @@ func (r *lineLimitReader) Read(b []byte) (int, error) {
 // ending included (0: no limit). The server reads its command lines with
 // it. Message content (DATA, BDAT), which its readers take from the same
 // bufio.Reader, is not counted, and neither is anything buffered after a
-// line.
+// line. A line cut short by an error other than io.EOF (a timeout) is not
+// returned: textproto would return it as a line of its own.
 func readLimitedLine(r *bufio.Reader, limit int) (string, error) {
 	var line []byte
 	for {
 		if r.Buffered() == 0 {
 			if _, err := r.Peek(1); err != nil {
-				if len(line) > 0 {
+				if len(line) > 0 && err == io.EOF {
 					// As in textproto: the last line may lack its end.
 					return string(line), nil
 				}
+				// A line cut short by a timeout is not a command.
 				return "", err
 			}
 		}

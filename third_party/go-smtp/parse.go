@@ -21,7 +21,13 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 	l := len(line)
 	switch {
 	case strings.HasPrefix(strings.ToUpper(line), "STARTTLS"):
-		return "STARTTLS", "", nil
+		// The arguments are returned for the server to refuse: STARTTLS
+		// takes none (RFC 3207).
+		rest := line[len("STARTTLS"):]
+		if rest != "" && rest[0] != ' ' {
+			return "", "", fmt.Errorf("mangled command: %q", line)
+		}
+		return "STARTTLS", strings.TrimSpace(rest), nil
 	case l == 0:
 		return "", "", nil
 	case l < 4:

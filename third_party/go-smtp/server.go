@@ -38,8 +38,30 @@ type Server struct {
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
-	ReadTimeout       time.Duration
-	WriteTimeout      time.Duration
+	// ReadTimeout is the time a client has to send each command line (it
+	// starts when the server begins to wait for it), and with
+	// MinDataRate the most a client has in hand while it sends message
+	// content.
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+
+	// MinDataRate, with ReadTimeout, is the lowest rate (bytes per
+	// second) at which a client may send message content (DATA, BDAT),
+	// as Postfix's smtpd_min_data_rate: the client starts each DATA or
+	// BDAT command with ReadTimeout in hand; every read takes the time it
+	// took and adds the time its bytes are worth at MinDataRate, up to
+	// ReadTimeout. When the time is up the server answers 421 4.4.2 and
+	// closes the connection. 0: message content is read under the
+	// deadline of the DATA or BDAT command line.
+	MinDataRate int
+
+	// CommandError, if not nil, is called after every command answered
+	// with an error reply (4xx or 5xx, the backend's refusals included),
+	// with the first such reply's codes: the server's own error budget.
+	// If it returns a reply, the server sends it and closes the
+	// connection. It replaces go-smtp's own limit (500 5.5.1 after more
+	// than three unknown or malformed commands).
+	CommandError func(c *Conn, code int, enhCode EnhancedCode) *SMTPError
 
 	// Advertise SMTPUTF8 (RFC 6531) capability.
 	// Should be used only if backend supports it.
@@ -178,13 +200,16 @@ func (s *Server) handleConn(c *Conn) error {
 	for {
 		line, err := c.readLine()
 		if err == nil {
+			c.errCode = 0
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
-				c.protocolError(501, EnhancedCode{5, 5, 2}, "Bad command")
-				continue
+				c.protocolError(500, EnhancedCode{5, 5, 2}, "Syntax error, command unrecognized")
+			} else {
+				c.handle(cmd, arg)
 			}
-
-			c.handle(cmd, arg)
+			if c.commandDone() {
+				return nil
+			}
 		} else {
 			if err == io.EOF || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -195,7 +220,8 @@ func (s *Server) handleConn(c *Conn) error {
 			}
 
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+				// Idle, or too slow with a command line (ReadTimeout).
+				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Timeout exceeded, closing connection")
 				return nil
 			}
 
