@@ -68,6 +68,9 @@ is a problem.`,
 			if cfg.Broker.DedupeWindow == 0 {
 				fmt.Fprintf(g.stdout, "# broker.dedupe_window 0s: derived, %s in effect (the longer of 1h and the longest retry wait)\n", config.Duration(cfg.DedupeWindow()))
 			}
+			if cfg.Broker.MinFree == 0 {
+				fmt.Fprintf(g.stdout, "# broker.min_free 0: derived, %d bytes in effect (1.5 × ingress.max_message_bytes)\n", cfg.MinFree())
+			}
 			fmt.Fprint(g.stdout, string(out))
 			if len(problems) > 0 {
 				all := errors.Join(problems...)

@@ -212,6 +212,9 @@ func (c *Config) Validate() error {
 		}
 		validateRoute(add, func(k string) string { return prefix + k }, r)
 	}
+	if c.Delivery.BounceSizeLimit < 0 {
+		add("delivery.bounce_size_limit", "must be 0 (the default, 50000) or more octets, got %d", c.Delivery.BounceSizeLimit)
+	}
 	if c.Delivery.Concurrency < 1 || c.Delivery.Concurrency > 10000 {
 		add("delivery.concurrency", "must be between 1 and 10000, got %d", c.Delivery.Concurrency)
 	}
