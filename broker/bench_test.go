@@ -93,13 +93,17 @@ func BenchmarkOutcomeRecord(b *testing.B) {
 		j := &contracts.Job{QueueID: contracts.NewQueueID(now), Attempt: 1}
 		c.noteDelivered(j, delivered, now)
 	}
-	for {
+	// Wait (bounded) until the broker has stored every record.
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		info, err := st.Info(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
 		if info.State.Msgs >= uint64(n) {
 			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d records stored after 30 s", info.State.Msgs, n)
 		}
 		time.Sleep(time.Millisecond)
 	}
