@@ -323,10 +323,24 @@ type sinkConn struct {
 }
 
 func (c *sinkConn) Close() error {
+	c.ended()
+	return c.Conn.Close()
+}
+
+// Write ends the connection's count when the sink says goodbye to QUIT:
+// the client reads the 221 after this, so its next connection is never
+// counted together with this one (go-smtp closes a moment later).
+func (c *sinkConn) Write(p []byte) (int, error) {
+	if bytes.HasPrefix(p, []byte("221 ")) {
+		c.ended()
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *sinkConn) ended() {
 	if c.closed.CompareAndSwap(false, true) {
 		c.s.live.Add(-1)
 	}
-	return c.Conn.Close()
 }
 
 func smtpLine(e *smtp.SMTPError) string {
