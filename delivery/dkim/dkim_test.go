@@ -391,10 +391,10 @@ func TestKeyFiles(t *testing.T) {
 		pem  []byte
 		want string
 	}{
-		"garbage":   {[]byte("hello"), "not a PEM private key"},
-		"ecdsa":     {pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ecDER}), "cannot sign DKIM"},
-		"public":    {pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), "not a private key"},
-		"damaged":   {pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2, 3}}), "does not parse"},
+		"garbage": {[]byte("hello"), "not a PEM private key"},
+		"ecdsa":   {pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ecDER}), "cannot sign DKIM"},
+		"public":  {pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), "not a private key"},
+		"damaged": {pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2, 3}}), "does not parse"},
 	} {
 		_, err := dkim.ParseKey(c.pem)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -95,7 +95,9 @@ func (s *Signer) Keys() []*Key {
 }
 
 // NormalizeDomain lower-cases a domain and drops a trailing dot.
-func NormalizeDomain(d string) string { return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), ".")) }
+func NormalizeDomain(d string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
+}
 
 // keyFor picks the key of a message from fromDomain: its own, its
 // closest parent's, the route's fallback, the Signer's fallback.
