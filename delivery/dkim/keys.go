@@ -222,3 +222,11 @@ func validLabels(s string, min int) bool {
 	}
 	return true
 }
+
+// RSABits is an RSA key's size in bits (0 for another type).
+func RSABits(s crypto.Signer) int {
+	if rk, ok := s.Public().(*rsa.PublicKey); ok {
+		return rk.N.BitLen()
+	}
+	return 0
+}
