@@ -252,4 +252,3 @@ func newDKIMRecordCmd(g *globals) *cobra.Command {
 	_ = cmd.MarkFlagRequired("domain")
 	return cmd
 }
-

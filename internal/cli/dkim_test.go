@@ -83,7 +83,9 @@ func TestDKIMKeygenAndCheck(t *testing.T) {
 		cfgFile := filepath.Join(dir, typ+".yaml")
 		os.WriteFile(cfgFile, []byte("hostname: relay.example.com\ndelivery:\n  dns_server: "+dns.Addr+
 			"\n  dkim:\n    domains:\n      example.com: { selector: jr-"+typ+", key_file: "+key+" }\n"), 0o600)
-		check := func() (int, string, string) { return run(t, "", "dkim", "check", "--config", cfgFile, "--domain", "example.com") }
+		check := func() (int, string, string) {
+			return run(t, "", "dkim", "check", "--config", cfgFile, "--domain", "example.com")
+		}
 
 		code, out, errs = check()
 		if code != 1 || !strings.Contains(out, "NOT OK: jr-"+typ+"._domainkey.example.com: no TXT record") || !strings.Contains(out, "resolver "+dns.Addr) {
