@@ -300,17 +300,19 @@ const bigChildEnv = "JETRELAY_DKIM_BIG_CHILD"
 // same delivery costs unsigned — it is hashed as it streams, never held.
 // Each delivery runs in a child process of its own (this test binary),
 // which reports its peak RSS (VmHWM) before and after; a body held in
-// memory would add at least its 25 MiB.
+// memory would add at least its 25 MiB. The control ("held": signed, the
+// body read into memory first, as a signer that buffered would) proves
+// the measurement sees a held body, so that the bound can fail.
 func TestDKIMBigMessageStreams(t *testing.T) {
 	if mode := os.Getenv(bigChildEnv); mode != "" {
-		bigChild(t, mode == "signed")
+		bigChild(t, mode)
 		return
 	}
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc/self/status")
 	}
 	growth := map[string]int64{}
-	for _, mode := range []string{"unsigned", "signed"} {
+	for _, mode := range []string{"unsigned", "signed", "held"} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestDKIMBigMessageStreams$", "-test.v")
 		cmd.Env = append(os.Environ(), bigChildEnv+"="+mode)
 		out, err := cmd.CombinedOutput()
@@ -337,9 +339,13 @@ func TestDKIMBigMessageStreams(t *testing.T) {
 	if growth["signed"] > 20<<10 {
 		t.Errorf("a signed 25 MiB delivery grew the peak RSS by %d KiB", growth["signed"])
 	}
+	if growth["held"] < 24<<10 {
+		t.Errorf("the control, a 25 MiB body held in memory, grew the peak RSS by only %d KiB: the measurement cannot tell streaming from holding", growth["held"])
+	}
 }
 
-func bigChild(t *testing.T, signed bool) {
+func bigChild(t *testing.T, mode string) {
+	signed := mode != "unsigned"
 	var s *dkim.Signer
 	if signed {
 		var err error
@@ -357,7 +363,23 @@ func bigChild(t *testing.T, signed bool) {
 	}
 	runtime.GC()
 	before := vmHWM(t)
-	rep := deliverTo(t, tr, sink.addr, size, 70, func() (io.ReadCloser, error) { return newGenBody(size), nil })
+	open := func() (io.ReadCloser, error) { return newGenBody(size), nil }
+	if mode == "held" {
+		var held []byte
+		open = func() (io.ReadCloser, error) {
+			if held == nil {
+				// Exactly the body, no slack: the least a buffering
+				// signer would hold.
+				b := make([]byte, size)
+				if _, err := io.ReadFull(newGenBody(size), b); err != nil {
+					return nil, err
+				}
+				held = b
+			}
+			return io.NopCloser(bytes.NewReader(held)), nil
+		}
+	}
+	rep := deliverTo(t, tr, sink.addr, size, 70, open)
 	after := vmHWM(t)
 	if signed != (rep.DKIM.Result == DKIMSigned) {
 		t.Fatalf("signed %v: %+v", signed, rep.DKIM)
