@@ -332,11 +332,12 @@ func TestDKIMBigMessageStreams(t *testing.T) {
 		t.Logf("%s: peak RSS %d KiB before, %d KiB after a 25 MiB message: +%d KiB", mode, before, after, after-before)
 	}
 	// Hashing adds go-msgauth's short-lived buffers per chunk, not the
-	// message: allow 12 MiB over the unsigned path, under half of it.
-	if d := growth["signed"] - growth["unsigned"]; d > 12<<10 {
+	// message: allow 16 MiB over the unsigned path (measured: +5 MiB, up
+	// to +9 under -race), well under the +50 MiB of the held control.
+	if d := growth["signed"] - growth["unsigned"]; d > 16<<10 {
 		t.Errorf("signing grew the peak RSS by %d KiB more than the unsigned delivery", d)
 	}
-	if growth["signed"] > 20<<10 {
+	if growth["signed"] > 24<<10 {
 		t.Errorf("a signed 25 MiB delivery grew the peak RSS by %d KiB", growth["signed"])
 	}
 	if growth["held"] < 24<<10 {
