@@ -41,7 +41,7 @@ func BenchmarkBodyRoundTrip(b *testing.B) {
 			for b.Loop() {
 				i++
 				name := fmt.Sprintf("bench-%d", i)
-				if _, _, err := c.PutBody(ctx, name, bytes.NewReader(body)); err != nil {
+				if _, err := c.PutBody(ctx, name, bytes.NewReader(body)); err != nil {
 					b.Fatal(err)
 				}
 				r, err := c.OpenBody(ctx, name)
