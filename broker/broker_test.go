@@ -1094,3 +1094,36 @@ func rewriteInfo(t *testing.T, c *Client, info *jetstream.ObjectInfo) {
 		t.Fatal(err)
 	}
 }
+
+// queue_shards 0 (the default) adopts the layout on the broker, and for a
+// new queue takes AutoQueueShards; the layout it chose is recorded, so
+// every later process, automatic or explicit, agrees with it.
+func TestQueueShardsAuto(t *testing.T) {
+	ctx := context.Background()
+	set := func(n int) Settings {
+		return Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: n}
+	}
+	fresh := startTest(t, t.TempDir())
+	c := connectTest(t, fresh)
+	if err := c.Provision(ctx, set(0)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Shards(), AutoQueueShards(); got != want || want < 4 || want > 16 {
+		t.Fatalf("new queue: %d shards, want AutoQueueShards() = %d (4 to 16)", got, want)
+	}
+	if err := connectTest(t, fresh).Provision(ctx, set(c.Shards())); err != nil {
+		t.Fatalf("explicit count equal to the automatic layout: %v", err)
+	}
+	if err := connectTest(t, fresh).Provision(ctx, set(c.Shards()+1)); !errors.Is(err, ErrShardMismatch) {
+		t.Fatalf("explicit count different from the automatic layout: %v", err)
+	}
+
+	existing := startTest(t, t.TempDir())
+	if err := connectTest(t, existing).Provision(ctx, set(3)); err != nil {
+		t.Fatal(err)
+	}
+	auto := connectTest(t, existing)
+	if err := auto.Provision(ctx, set(0)); err != nil || auto.Shards() != 3 {
+		t.Fatalf("automatic against a queue of 3 shards: %v, %d shards", err, auto.Shards())
+	}
+}
