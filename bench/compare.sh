@@ -24,6 +24,15 @@
 #   SKIP_INSTALL=0          1: do not apt-get (Postfix must be installed)
 #   POSTFIX_LOG=0           1: Postfix logs to $WORK/postfix.log (costs a little)
 #   BENCH_ARGS=""           extra flags for every `jetrelay bench` run (e.g. --no-pss)
+#   VARIANTS="s4"           jetrelay set-ups, each a relay of its own in the table
+#                           (label jetrelay-<variant>): sN = `serve` with
+#                           broker.queue_shards N; r3 = a 3-node JetStream cluster
+#                           on loopback (R3) with `jetrelay ingress` and
+#                           `jetrelay delivery` processes; a suffix +gcN sets GOGC,
+#                           +memSIZE sets memory_limit (e.g. s4+gc100+mem512MiB)
+#   FLUSH_RUNS=1            after the timed rounds, this many runs per case and
+#                           relay traced with strace (`jetrelay bench --count-flushes`):
+#                           disk flushes per message, in a table of their own (0: none)
 #   LOADGEN=bench           bench: `jetrelay bench` sends and receives (the default);
 #                           smtp-source: Postfix's own smtp-source sends, as in the
 #                           issue's reference figures, and `jetrelay bench --sink-only`
@@ -46,12 +55,16 @@ SKIP_INSTALL=${SKIP_INSTALL:-0}
 POSTFIX_LOG=${POSTFIX_LOG:-0}
 BENCH_ARGS=${BENCH_ARGS:-}
 LOADGEN=${LOADGEN:-bench}
+VARIANTS=${VARIANTS:-s4}
+FLUSH_RUNS=${FLUSH_RUNS:-1}
 
 # Loopback only.
 POSTFIX_LISTEN=127.0.0.1:2526
 POSTFIX_SINK=127.0.0.1:2626
 JETRELAY_LISTEN=127.0.0.1:2525
 JETRELAY_SINK=127.0.0.1:2627
+R3_CLIENT=4320 # broker nodes of the r3 variant: 4321-4323, routes 6321-6323
+R3_ROUTE=6320
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RESULTS=$ROOT/bench/results
@@ -84,25 +97,95 @@ wait_port() {
 	return 1
 }
 
-JPID=""
+JPIDS=""
+JVARIANT=""
+# start_jetrelay VARIANT: a fresh jetrelay of that set-up on an empty store.
 start_jetrelay() {
-	log "starting jetrelay serve on $JETRELAY_LISTEN, smarthost $JETRELAY_SINK"
-	"$JR" serve --config "$WORK/jetrelay.yaml" >>"$WORK/jetrelay.log" 2>&1 &
-	JPID=$!
-	wait_port "$JETRELAY_LISTEN" 60 || die "jetrelay does not listen on $JETRELAY_LISTEN (see $WORK/jetrelay.log)"
-	log "jetrelay pid $JPID ($("$JR" version))"
+	local v=$1 shards=4 gc="" mem="" base i
+	base=${v%%+*}
+	case $base in
+	s[0-9]*) shards=${base#s} ;;
+	r3) ;;
+	*) die "unknown variant $v" ;;
+	esac
+	case $v in *+gc*) gc=${v##*+gc}; gc=${gc%%+*} ;; esac
+	case $v in *+mem*) mem=${v##*+mem}; mem=${mem%%+*} ;; esac
+	rm -rf "$WORK/data"
+	mkdir -p "$WORK/data"
+	local common="hostname: jetrelay.bench.localdomain
+broker:
+  sync_interval: always
+  queue_shards: $shards
+delivery:
+  smarthost: \"$JETRELAY_SINK\"
+  smarthost_tls: none
+http:
+  listen: \"off\"
+log:
+  level: warn
+  format: console
+"
+	[ -n "$mem" ] && common="${common}memory_limit: $mem
+"
+	local envs=()
+	[ -n "$gc" ] && envs+=("GOGC=$gc")
+	JPIDS=""
+	JVARIANT=$v
+	if [ "$base" != r3 ]; then
+		printf '# written by bench/compare.sh (%s)\n%sdata_dir: %s\ningress:\n  listen: ["%s"]\n' "$v" "$common" "$WORK/data" "$JETRELAY_LISTEN" >"$WORK/jetrelay.yaml"
+		log "starting jetrelay serve ($v) on $JETRELAY_LISTEN, smarthost $JETRELAY_SINK"
+		env "${envs[@]}" "$JR" serve --config "$WORK/jetrelay.yaml" >>"$WORK/jetrelay.log" 2>&1 &
+		JPIDS=$!
+	else
+		# Three broker nodes, replicas 3, then one ingress and one
+		# delivery process connected to all three.
+		local urls="" routes="" n
+		for n in 1 2 3; do
+			urls="$urls${urls:+, }nats://127.0.0.1:$((R3_CLIENT + n))"
+			routes="$routes${routes:+, }nats://127.0.0.1:$((R3_ROUTE + n))"
+		done
+		local cl="${common/broker:/broker:
+  url: [$urls]
+  user: bench
+  password: bench-password-not-secret
+  replicas: 3}"
+		for n in 1 2 3; do
+			printf '# written by bench/compare.sh (r3 node %s)\n%sdata_dir: %s\n' "$n" \
+				"${cl/broker:/broker:
+  listen: 127.0.0.1:$((R3_CLIENT + n))
+  server_name: n$n
+  cluster:
+    name: bench
+    listen: 127.0.0.1:$((R3_ROUTE + n))
+    routes: [$routes]}" "$WORK/data/n$n" >"$WORK/broker$n.yaml"
+			env "${envs[@]}" "$JR" broker --config "$WORK/broker$n.yaml" >>"$WORK/jetrelay.log" 2>&1 &
+			JPIDS="$JPIDS $!"
+		done
+		for n in 1 2 3; do wait_port "127.0.0.1:$((R3_CLIENT + n))" 60 || die "broker node $n does not listen (see $WORK/jetrelay.log)"; done
+		printf '# written by bench/compare.sh (r3 stages)\n%sdata_dir: %s\ningress:\n  listen: ["%s"]\n' "$cl" "$WORK/data/stages" "$JETRELAY_LISTEN" >"$WORK/stages.yaml"
+		env "${envs[@]}" "$JR" delivery --config "$WORK/stages.yaml" >>"$WORK/jetrelay.log" 2>&1 &
+		JPIDS="$JPIDS $!"
+		env "${envs[@]}" "$JR" ingress --config "$WORK/stages.yaml" >>"$WORK/jetrelay.log" 2>&1 &
+		JPIDS="$JPIDS $!"
+		log "started jetrelay r3 ($v): brokers on 127.0.0.1:$((R3_CLIENT + 1))-$((R3_CLIENT + 3)), ingress on $JETRELAY_LISTEN"
+	fi
+	wait_port "$JETRELAY_LISTEN" 120 || die "jetrelay does not listen on $JETRELAY_LISTEN (see $WORK/jetrelay.log)"
+	log "jetrelay $v pids$JPIDS ($("$JR" version))"
 }
 stop_jetrelay() {
-	local i
-	[ -n "$JPID" ] || return 0
-	if kill -0 "$JPID" 2>/dev/null; then
-		log "stopping jetrelay (pid $JPID)"
-		kill -TERM "$JPID"
-		for ((i = 0; i < 300; i++)); do kill -0 "$JPID" 2>/dev/null || break; sleep 0.1; done
-		kill -0 "$JPID" 2>/dev/null && kill -KILL "$JPID"
-	fi
-	wait "$JPID" 2>/dev/null || true
-	JPID=""
+	local i p
+	[ -n "$JPIDS" ] || return 0
+	log "stopping jetrelay $JVARIANT (pids $JPIDS)"
+	# Stages first, then the brokers (the last pids are the stages).
+	for p in $(echo "$JPIDS" | awk '{for (i = NF; i > 0; i--) print $i}'); do
+		kill -0 "$p" 2>/dev/null || continue
+		kill -TERM "$p"
+		for ((i = 0; i < 300; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -0 "$p" 2>/dev/null && kill -KILL "$p"
+		wait "$p" 2>/dev/null || true
+	done
+	JPIDS=""
+	rm -rf "$WORK/data"
 }
 POSTFIX_STARTED=0
 CREATED_MAIN=0
@@ -253,26 +336,24 @@ EOF
 fi
 
 # ---- jetrelay ---------------------------------------------------------------
+# Every variant is a relay of its own in the rounds below; each is started
+# fresh, on an empty store, when its turn comes.
+JRELAYS=""
 if [ "$want_jetrelay" = 1 ]; then
-	rm -rf "$WORK/data"
-	cat >"$WORK/jetrelay.yaml" <<EOF
-# written by bench/compare.sh
-hostname: jetrelay.bench.localdomain
-data_dir: $WORK/data
-broker:
-  sync_interval: always
-ingress:
-  listen: ["$JETRELAY_LISTEN"]
-delivery:
-  smarthost: "$JETRELAY_SINK"
-  smarthost_tls: none
-http:
-  listen: "off"
-log:
-  level: warn
-  format: console
-EOF
-	start_jetrelay
+	for v in $VARIANTS; do JRELAYS="$JRELAYS jetrelay-$v"; done
+	for v in $VARIANTS; do case $v in r3*) for n in 1 2 3; do
+		port_busy "127.0.0.1:$((R3_CLIENT + n))" && die "127.0.0.1:$((R3_CLIENT + n)) is in use (r3 broker)"
+		port_busy "127.0.0.1:$((R3_ROUTE + n))" && die "127.0.0.1:$((R3_ROUTE + n)) is in use (r3 route)"
+	done ;; esac; done
+fi
+ALL=""
+[ "$want_postfix" = 1 ] && ALL="postfix"
+ALL="$ALL$JRELAYS"
+if [ "$FLUSH_RUNS" -gt 0 ] && ! command -v strace >/dev/null; then
+	[ "$SKIP_INSTALL" = 1 ] && die "FLUSH_RUNS needs strace (SKIP_INSTALL=1)"
+	log "installing strace (apt-get)"
+	DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends strace >>"$LOG" 2>&1 ||
+		die "apt-get install strace failed (see $LOG)"
 fi
 
 FAILED=0
@@ -331,12 +412,12 @@ source_report() {
 	 (.[] | "| \(.case) | \(.label) | \(.runs) | \(.acc|r) | \(.del|r) | \(if .ratio == null then "" else (.ratio * 100 | round / 100 | tostring) + "×" end) | \(.cpu * 100 | round / 100) | \(.rss|r) | \(.pss|r) |"))' "$1"
 }
 
-run_one() { # relay case run
-	local relay=$1 cas=$2 target sink pid args rc=0
+run_one() { # relay case run [extra bench flags]
+	local relay=$1 cas=$2 target sink pid args rc=0 extra=${4:-}
 	if [ "$relay" = postfix ]; then
 		target=$POSTFIX_LISTEN sink=$POSTFIX_SINK pid=$PF_PID
 	else
-		target=$JETRELAY_LISTEN sink=$JETRELAY_SINK pid=$JPID
+		target=$JETRELAY_LISTEN sink=$JETRELAY_SINK pid=$(echo $JPIDS | tr ' ' ',')
 	fi
 	if [ "$LOADGEN" = smtp-source ]; then
 		run_source "$relay" "$cas" "$3" "$target" "$sink" "$pid"
@@ -345,10 +426,10 @@ run_one() { # relay case run
 	args=$(case_args "$cas")
 	# shellcheck disable=SC2086
 	"$JR" bench --target "$target" --sink "$sink" --label "$relay" --case "$cas" $args \
-		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json --append "$OUT" $BENCH_ARGS \
+		--timeout "$TIMEOUT" --pid "$pid" --progress 0 --json --append "$OUT" $BENCH_ARGS $extra \
 		>"$WORK/last.json" 2>>"$LOG" || rc=$?
 	if [ -s "$WORK/last.json" ] && command -v jq >/dev/null; then
-		log "$(jq -r '"\(.label) \(.case) run '"$3"': ok=\(.ok) accepted \(.accepted_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s p50 \(.latency_ms.p50)ms cpu \(.process.cpu_seconds)s rss \(.process.rss_peak_mib|floor)MiB \(.error // "")"' "$WORK/last.json")"
+		log "$(jq -r '"\(.label) \(.case) run '"$3"': ok=\(.ok) accepted \(.accepted_per_sec|floor)/s delivered \(.delivered_per_sec|floor)/s p50 \(.latency_ms.p50)ms cpu \(.process.cpu_seconds)s rss \(.process.rss_peak_mib|floor)MiB\(if .flushes then " flushes/msg \(.flushes.per_message)" else "" end) \(.error // "")"' "$WORK/last.json")"
 	else
 		log "$relay $cas run $3: exit $rc"
 	fi
@@ -357,29 +438,42 @@ run_one() { # relay case run
 }
 
 log "results: $OUT"
+# rounds: every relay in turn (the order rotates from round to round, so
+# that none always runs on a freshly idle machine), all cases each.
+relays=($ALL)
 for ((run = 1; run <= RUNS; run++)); do
-	for cas in $CASES; do
-		order=$RELAYS
-		# Alternate who goes first, so that neither always runs on a
-		# freshly idle machine.
-		if [ $((run % 2)) = 0 ]; then order=$(echo "$RELAYS" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}'); fi
-		for relay in $order; do
-			if [ "$relay" = jetrelay ] && [ "$cas" = mem25m ]; then
+	k=$(((run - 1) % ${#relays[@]}))
+	order=("${relays[@]:k}" "${relays[@]:0:k}")
+	for relay in "${order[@]}"; do
+		[ "$relay" = postfix ] || start_jetrelay "${relay#jetrelay-}"
+		for cas in $CASES; do
+			if [ "$relay" != postfix ] && [ "$cas" = mem25m ]; then
 				# A fresh process on an empty store, so that the growth
 				# is that of one 25 MiB message, not what the earlier
 				# cases left in the Go heap or the store.
 				stop_jetrelay
-				rm -rf "$WORK/data"
-				start_jetrelay
+				start_jetrelay "${relay#jetrelay-}"
 				sleep 2
 			fi
 			run_one "$relay" "$cas" "$run"
 		done
+		[ "$relay" = postfix ] || stop_jetrelay
+	done
+done
+# flush counts: traced runs, reported in a table of their own.
+for ((run = 1; run <= FLUSH_RUNS; run++)); do
+	for relay in "${relays[@]}"; do
+		[ "$relay" = postfix ] || start_jetrelay "${relay#jetrelay-}"
+		for cas in $CASES; do
+			[ "$cas" = mem25m ] && continue
+			run_one "$relay" "$cas" "flush-$run" --count-flushes
+		done
+		[ "$relay" = postfix ] || stop_jetrelay
 	done
 done
 
 {
-	echo "jetrelay bench/compare.sh, $STAMP: $(nproc) CPUs, RUNS=$RUNS CONC=$CONC PER_CONN=$PER_CONN SCALE_PCT=$SCALE_PCT LOADGEN=$LOADGEN, medians"
+	echo "jetrelay bench/compare.sh, $STAMP: $(nproc) CPUs, RUNS=$RUNS CONC=$CONC PER_CONN=$PER_CONN SCALE_PCT=$SCALE_PCT LOADGEN=$LOADGEN VARIANTS=\"$VARIANTS\" FLUSH_RUNS=$FLUSH_RUNS, medians"
 	echo
 	if [ "$LOADGEN" = smtp-source ]; then
 		source_report "$OUT"

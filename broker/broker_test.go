@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -216,9 +217,9 @@ func TestBodyRefs(t *testing.T) {
 	c := provisioned(t)
 	ctx := context.Background()
 	body := bytes.Repeat([]byte("0123456789abcdef"), 100000)
-	size, digest, err := c.PutBody(ctx, "Q1", bytes.NewReader(body))
-	if err != nil || size != int64(len(body)) || digest != contracts.Digest(body) {
-		t.Fatalf("PutBody: %d %s %v", size, digest, err)
+	size, err := c.PutBody(ctx, "Q1", bytes.NewReader(body))
+	if err != nil || size != int64(len(body)) {
+		t.Fatalf("PutBody: %d %v", size, err)
 	}
 	if err := c.holdBody(ctx, "Q1", "Q1"); err != nil {
 		t.Fatal(err)
@@ -257,10 +258,12 @@ func TestBodyRefs(t *testing.T) {
 	if err != nil || !bytes.Equal(back, body) {
 		t.Fatalf("body read back: %d bytes, %v", len(back), err)
 	}
-	// The bucket is a standard JetStream object store: nats.go reads it too.
+	// The bucket is laid out as a JetStream object store: nats.go lists
+	// and describes its objects (it refuses to Get them: they carry no
+	// digest to check).
 	obs, _ := c.js.ObjectStore(ctx, contracts.BucketBodies)
-	if got, err := obs.GetBytes(ctx, "Q1"); err != nil || !bytes.Equal(got, body) {
-		t.Fatalf("object store Get: %d bytes, %v", len(got), err)
+	if info, err := obs.GetInfo(ctx, "Q1"); err != nil || info.Size != uint64(len(body)) || info.Chunks != 2 {
+		t.Fatalf("object store GetInfo: %+v, %v", info, err)
 	}
 	if err := c.releaseBody(ctx, "Q1"); err != nil {
 		t.Fatal(err)
@@ -309,7 +312,7 @@ func TestBodyStreamBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := bytes.Repeat([]byte("0123456789abcdef"), 10<<16) // 10 MiB
-	if _, _, err := c.PutBody(ctx, "big", bytes.NewReader(body)); err != nil {
+	if _, err := c.PutBody(ctx, "big", bytes.NewReader(body)); err != nil {
 		t.Fatal(err)
 	}
 	blocks, err := filepath.Glob(filepath.Join(dir, "nats", "jetstream", "*", "streams", bodyStream, "msgs", "*.blk"))
@@ -1000,5 +1003,127 @@ func TestAckUnansweredAfterRestart(t *testing.T) {
 	cancel()
 	if err != nil {
 		t.Fatalf("ack of a known delivery after a reconnect: %v", err)
+	}
+}
+
+// A body comes back byte for byte at every size around the chunk
+// boundary and at the largest message size, read in odd-sized pieces; a
+// body whose info no longer matches its chunks fails at its end, and one
+// that lost a chunk fails when it is reached.
+func TestBodyRoundTripSizes(t *testing.T) {
+	c := provisioned(t)
+	ctx := context.Background()
+	chunk := c.chunkSize()
+	rnd := make([]byte, 25<<20)
+	for i := range rnd { // cheap, deterministic, not repetitive within a chunk
+		rnd[i] = byte(i*7 + i>>11 + i>>19)
+	}
+	for _, size := range []int{0, 1, chunk - 1, chunk, chunk + 1, 2*chunk + 17, 25 << 20} {
+		name := "size-" + strconv.Itoa(size)
+		want := rnd[:size]
+		n, err := c.PutBody(ctx, name, iotest.HalfReader(bytes.NewReader(want)))
+		if err != nil || n != int64(size) {
+			t.Fatalf("%s: PutBody = %d, %v", name, n, err)
+		}
+		rc, err := c.OpenBody(ctx, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, err := io.ReadAll(iotest.HalfReader(rc))
+		rc.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: read %d bytes (want %d), equal %v, err %v", name, len(got), size, bytes.Equal(got, want), err)
+		}
+	}
+
+	// The info says one byte more than the chunks hold: ErrBodyCorrupt.
+	info, err := c.bodies.GetInfo(ctx, "size-"+strconv.Itoa(chunk+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info.Size++
+	rewriteInfo(t, c, info)
+	rc, err := c.OpenBody(ctx, info.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc); !errors.Is(err, ErrBodyCorrupt) {
+		t.Fatalf("size mismatch read: %v, want ErrBodyCorrupt", err)
+	}
+	rc.Close()
+
+	// The last chunk is gone: ErrBodyNotFound when it is reached.
+	name := "size-" + strconv.Itoa(2*chunk+17)
+	info, err = c.bodies.GetInfo(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.js.Stream(ctx, bodyStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.GetLastMsgForSubject(ctx, chunkSubject(info.NUID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(ctx, last.Sequence); err != nil {
+		t.Fatal(err)
+	}
+	rc, err = c.OpenBody(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if !errors.Is(err, ErrBodyNotFound) || len(got) != 2*chunk {
+		t.Fatalf("read of a body without its last chunk: %d bytes, %v", len(got), err)
+	}
+}
+
+// rewriteInfo replaces a body's info record, as a damaged store might.
+func rewriteInfo(t *testing.T, c *Client, info *jetstream.ObjectInfo) {
+	t.Helper()
+	data, err := json.Marshal(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(metaSubject(info.Name))
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Data = data
+	if _, err := c.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// queue_shards 0 (the default) adopts the layout on the broker, and for a
+// new queue takes AutoQueueShards; the layout it chose is recorded, so
+// every later process, automatic or explicit, agrees with it.
+func TestQueueShardsAuto(t *testing.T) {
+	ctx := context.Background()
+	set := func(n int) Settings {
+		return Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: n}
+	}
+	fresh := startTest(t, t.TempDir())
+	c := connectTest(t, fresh)
+	if err := c.Provision(ctx, set(0)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Shards(), AutoQueueShards(); got != want || want < 4 || want > 16 {
+		t.Fatalf("new queue: %d shards, want AutoQueueShards() = %d (4 to 16)", got, want)
+	}
+	if err := connectTest(t, fresh).Provision(ctx, set(c.Shards())); err != nil {
+		t.Fatalf("explicit count equal to the automatic layout: %v", err)
+	}
+	if err := connectTest(t, fresh).Provision(ctx, set(c.Shards()+1)); !errors.Is(err, ErrShardMismatch) {
+		t.Fatalf("explicit count different from the automatic layout: %v", err)
+	}
+
+	existing := startTest(t, t.TempDir())
+	if err := connectTest(t, existing).Provision(ctx, set(3)); err != nil {
+		t.Fatal(err)
+	}
+	auto := connectTest(t, existing)
+	if err := auto.Provision(ctx, set(0)); err != nil || auto.Shards() != 3 {
+		t.Fatalf("automatic against a queue of 3 shards: %v, %d shards", err, auto.Shards())
 	}
 }

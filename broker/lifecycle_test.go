@@ -64,14 +64,14 @@ func TestLifecycle(t *testing.T) {
 	ctx := context.Background()
 	qid := contracts.NewQueueID(time.Now())
 	body := bytes.Repeat([]byte("0123456789abcdef"), 30000)
-	size, digest, err := c.PutBody(ctx, qid, bytes.NewReader(body))
+	size, err := c.PutBody(ctx, qid, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	job := &contracts.Job{
 		QueueID: qid, ReceivedAt: time.Now(), FirstSeen: time.Now(), From: "app@example.org", Attempt: 1,
 		Rcpts: []contracts.Recipient{{Addr: "ok@a.example"}, {Addr: "later@b.example"}, {Addr: "bad@c.example"}},
-		Body:  contracts.Body{Object: qid, Size: size, SHA256: digest},
+		Body:  contracts.Body{Object: qid, Size: size},
 	}
 	if err := c.Enqueue(ctx, job); err != nil {
 		t.Fatal(err)
@@ -332,4 +332,79 @@ func TestRateLimits(t *testing.T) {
 		}
 		return ok
 	}, "the slot of a dead holder was not taken over")
+}
+
+// With the queue spread over 8 shards, every per-message operation finds
+// the message's jobs on its own shard: a repeated Enqueue stores one job,
+// MessageJobs and ScanQueue see each job once, DeleteJob moves it to the
+// dead letters, and Replay queues it again on the same shard, once.
+func TestShardedQueueOperations(t *testing.T) {
+	e := startTest(t, t.TempDir())
+	c := connectTest(t, e)
+	ctx := context.Background()
+	const shards, n = 8, 64
+	if err := c.Provision(ctx, Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: shards}); err != nil {
+		t.Fatal(err)
+	}
+	var qids []string
+	onShard := map[int]int{}
+	for i := 0; i < n; i++ {
+		qid := contracts.NewQueueID(time.Now())
+		qids = append(qids, qid)
+		onShard[contracts.ShardOf(qid, shards)]++
+		j := &contracts.Job{QueueID: qid, ReceivedAt: time.Now(), FirstSeen: time.Now(), From: "app@example.org", Attempt: 1,
+			Rcpts: []contracts.Recipient{{Addr: "a@example.com"}}, Body: contracts.Body{Size: 6}}
+		for try := 0; try < 2; try++ { // a client's retry, or an ingress that lost the broker's ack
+			if err := c.Enqueue(ctx, j, []byte("body\r\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(onShard) != shards {
+		t.Fatalf("%d messages landed on %d of %d shards: %v", n, len(onShard), shards, onShard)
+	}
+	seen := map[string]int{}
+	if err := c.ScanQueue(ctx, 0, func(q *QueuedJob) bool {
+		seen[q.Job.QueueID]++
+		if q.Shard != contracts.ShardOf(q.Job.QueueID, shards) {
+			t.Errorf("%s found on shard %d", q.Job.QueueID, q.Shard)
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, qid := range qids {
+		if seen[qid] != 1 {
+			t.Fatalf("%s: %d jobs in the scan after two Enqueues", qid, seen[qid])
+		}
+	}
+	queueSettles(t, c, "ready count", func(st QueueState) bool { return st.Ready == n })
+	for _, qid := range qids {
+		jobs := messageJobs(t, c, qid)
+		if len(jobs) != 1 {
+			t.Fatalf("%s: %d jobs", qid, len(jobs))
+		}
+		if err := c.DeleteJob(ctx, jobs[0], false, "deleted by test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queueSettles(t, c, "the queue after deleting every job", QueueState.Empty)
+	for _, qid := range qids {
+		dls := messageDeadLetters(t, c, qid)
+		if len(dls) != 1 || dls[0].DL.Reason != contracts.ReasonDeleted {
+			t.Fatalf("%s: dead letters %+v", qid, dls)
+		}
+		nj, already, err := c.Replay(ctx, dls[0], "")
+		if err != nil || already || nj.QueueID != qid {
+			t.Fatalf("%s: Replay %+v %v %v", qid, nj, already, err)
+		}
+		if _, already, err := c.Replay(ctx, dls[0], ""); err != nil || !already {
+			t.Fatalf("%s: second Replay: %v %v", qid, already, err)
+		}
+		jobs := messageJobs(t, c, qid)
+		if len(jobs) != 1 || jobs[0].Job.JobID() != nj.JobID() || jobs[0].Shard != contracts.ShardOf(qid, shards) {
+			t.Fatalf("%s: jobs after the replay: %+v", qid, jobs)
+		}
+	}
+	queueSettles(t, c, "ready count after the replays", func(st QueueState) bool { return st.Ready == n })
 }

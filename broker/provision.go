@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +19,9 @@ import (
 type Settings struct {
 	Replicas int
 	// QueueShards is the number of streams the queue is spread over (the
-	// same in every process of a deployment).
+	// same in every process of a deployment). 0 (the default) adopts the
+	// layout already on the broker, and for a new queue takes
+	// AutoQueueShards; a number is checked against the broker's layout.
 	QueueShards int
 	// DedupeWindow is the Nats-Msg-Id duplicate window of both streams.
 	// It must cover the longest wait between two attempts (a worker that
@@ -53,7 +56,7 @@ type Settings struct {
 func DefaultSettings() Settings {
 	return Settings{
 		Replicas:            1,
-		QueueShards:         4,
+		QueueShards:         0, // auto
 		DedupeWindow:        time.Hour,
 		AckWait:             10 * time.Second,
 		MaxAckPending:       20000,
@@ -72,7 +75,7 @@ func (s *Settings) fill() {
 		s.Replicas = d.Replicas
 	}
 	if s.QueueShards < 1 {
-		s.QueueShards = d.QueueShards
+		s.QueueShards = AutoQueueShards()
 	}
 	if s.DedupeWindow <= 0 {
 		s.DedupeWindow = d.DedupeWindow
@@ -227,11 +230,41 @@ func ScheduledCounterConfig(s Settings, shard int) jetstream.ConsumerConfig {
 // configuration succeeds, and a cluster that is still electing its leader
 // is waited for (bounded by ctx).
 func (c *Client) Provision(ctx context.Context, s Settings) error {
+	auto := s.QueueShards < 1
+	if auto {
+		have, err := c.layoutOnBroker(ctx)
+		if err != nil {
+			return err
+		}
+		s.QueueShards = have
+		if have == 0 {
+			s.QueueShards = AutoQueueShards()
+		}
+	}
 	s.fill()
 	if err := c.checkShards(ctx, s.QueueShards); err != nil {
 		return err
 	}
-	return c.provision(ctx, s)
+	if err := c.provision(ctx, s); err != nil {
+		return err
+	}
+	if !auto {
+		return nil
+	}
+	// Two processes that chose a layout for a new queue at the same time
+	// on machines of different sizes: the one that lost finds the other's
+	// layout on the broker and refuses, rather than use streams no one
+	// reads.
+	return c.checkShards(ctx, s.QueueShards)
+}
+
+// AutoQueueShards is the number of queue shards a new queue gets when
+// broker.queue_shards is not set: twice the CPUs this process may use,
+// from 4 to 16. Each shard is a stream of its own, stored and fsynced by
+// the server in parallel with the others, and the file system commits
+// the flushes of concurrent streams together (BENCHMARKS.md, shards).
+func AutoQueueShards() int {
+	return min(max(2*runtime.GOMAXPROCS(0), 4), 16)
 }
 
 func (c *Client) provision(ctx context.Context, s Settings) error {

@@ -28,8 +28,10 @@
 //
 // # Invariants
 //
-//   - An inline body's length and SHA-256 match the envelope's [Body]; decode
-//     checks both, so a truncated or altered body is detected before delivery.
+//   - An inline body's length matches the envelope's [Body] (and its SHA-256,
+//     in version 1 envelopes that carry one); decode checks it, so a
+//     truncated body is detected before delivery. The broker's own record
+//     checksums stand for the digest since version 2.
 //   - A job whose body is in the bucket carries no inline bytes.
 //   - Every name a subject is built from is a single NATS token: domains are
 //     encoded by [DestToken], queue IDs use a subject-safe alphabet.

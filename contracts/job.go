@@ -10,7 +10,15 @@ import (
 )
 
 // SchemaVersion is the newest envelope version this build writes and reads.
-const SchemaVersion = 1
+//
+//   - 1: the first.
+//   - 2: Body.SHA256 is optional (written empty): a body is checked by its
+//     size (and, in the bucket, its chunk count), the broker checksums
+//     every stored record. A worker of version 1 would refuse such a job
+//     as altered, so it refuses version 2 as unsupported instead (and
+//     dead-letters it for a replay after the upgrade): upgrade delivery
+//     workers before ingresses.
+const SchemaVersion = 2
 
 // Job is the envelope of one unit of delivery work: a message (by value or
 // by reference) and the recipients still to be delivered.
@@ -125,8 +133,12 @@ func AddrDomain(addr string) string {
 // Body says where a message's bytes are: inline after the envelope, or in
 // the body bucket under Object.
 type Body struct {
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`           // hex
+	Size int64 `json:"size"`
+	// SHA256 is the hex digest of the body, written by builds before
+	// 2026-12 and checked when present; empty in jobs written since
+	// (the broker checksums every stored record, and a body object is
+	// checked by its size and chunk count).
+	SHA256 string `json:"sha256,omitempty"`
 	Object string `json:"object,omitempty"` // object name in BucketBodies; "" means inline
 	// MaxLine is the length of the body's longest line (after the header
 	// section, without its CRLF), as the ingress counted it; 0 when

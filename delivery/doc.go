@@ -41,7 +41,7 @@
 //     does not move on to the next host.
 //   - A DSN is never sent to the null sender or about a DSN, and honours
 //     NOTIFY, RET, ENVID and ORCPT.
-//   - A body that does not match its size and SHA-256 is never delivered:
+//   - A body that does not match its size (and chunk count) is never delivered:
 //     an inline one is refused before the transaction, and a mismatch
 //     found at the end of a streamed one aborts the transaction before the
 //     final dot.

@@ -32,7 +32,7 @@ type Queue interface {
 	InlineLimit() int
 	// PutBody stores a body too large to travel inline; a failed put
 	// leaves nothing behind.
-	PutBody(ctx context.Context, name string, r io.Reader) (int64, string, error)
+	PutBody(ctx context.Context, name string, r io.Reader) (int64, error)
 	// Enqueue stores a job (its body inline in parts, or the object put
 	// before); a failed Enqueue leaves nothing that could be delivered,
 	// as far as the broker can tell.
@@ -371,7 +371,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 
 	// Too large to travel inline: stream into the body bucket while
 	// reading the rest from the client.
-	size, digest, err := s.q.PutBody(ctx, ss.qid, io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(buf.Bytes()), body))
+	size, err := s.q.PutBody(ctx, ss.qid, io.MultiReader(bytes.NewReader(prefix), bytes.NewReader(buf.Bytes()), body))
 	if body.err != nil && body.err != io.EOF {
 		// The client side failed (size limit, bare LF, timeout): that is
 		// the reason, not the aborted upload.
@@ -380,7 +380,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if err != nil {
 		return nil, 0, err
 	}
-	job.Body = contracts.Body{Object: ss.qid, Size: size, SHA256: digest, MaxLine: body.lines.Max()}
+	job.Body = contracts.Body{Object: ss.qid, Size: size, MaxLine: body.lines.Max()}
 	if err := s.q.Enqueue(ctx, job); err != nil {
 		return nil, 0, err
 	}

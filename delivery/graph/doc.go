@@ -82,7 +82,7 @@
 //     MaxRequestBytes fails before any request with 552 5.3.4 (route such
 //     messages through SMTP with XOAUTH2), and reading stops as soon as
 //     the limit is passed. A body that cannot be read completely, or does
-//     not match its digest, is never sent.
+//     not match its size, is never sent.
 //   - At most MaxConcurrentPerMailbox requests per mailbox are in flight
 //     in a Transport (Exchange's limit); waiting for a turn honours the
 //     context. One Transport per Graph tenant, shared by its routes, keeps

@@ -32,7 +32,7 @@ func maxRaw(limit int64) int64 { return limit / 4 * 3 }
 // within limit (and one byte to know it is over): a larger message is an
 // *errTooLarge, never a truncated one. hint is the size the job declares,
 // used to size the buffer. Any read error (including a body that does
-// not match its digest, reported at its end) is returned as it is.
+// not match its size, reported at its end) is returned as it is.
 func readMessage(r io.Reader, hint, limit int64) ([]byte, error) {
 	most := maxRaw(limit)
 	var buf bytes.Buffer

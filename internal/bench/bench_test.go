@@ -523,6 +523,20 @@ func TestReport(t *testing.T) {
 	if !strings.Contains(lines[3], "| jetrelay | 3 | 100 (0.22×) | 100 (0.40×) |") || !strings.Contains(lines[3], "| 5.00 (2.00×) |") {
 		t.Errorf("jetrelay row: %s", lines[3])
 	}
+	// Traced runs give the flush table and stay out of the speed medians.
+	traced := mk("jetrelay", 1, 1, 99)
+	traced.Flushes = &Flushes{Calls: map[string]int64{"fsync": 2100}, Total: 2100, PerMessage: 2.1}
+	pfTraced := mk("postfix", 1, 1, 99)
+	pfTraced.Flushes = &Flushes{Calls: map[string]int64{"fsync": 3000}, Total: 3000, PerMessage: 3}
+	md.Reset()
+	Report(&md, append(rs, traced, pfTraced), "postfix")
+	lines = strings.Split(strings.TrimSpace(md.String()), "\n")
+	if len(lines) != 8 || !strings.Contains(lines[3], "| jetrelay | 3 | 100 (0.22×)") {
+		t.Fatalf("report with traced runs:\n%s", md.String())
+	}
+	if lines[5] != "| disk flushes per message (strace) | postfix | jetrelay |" || lines[7] != "| 1KiB-1rcpt | 3.00 | 2.10 |" {
+		t.Errorf("flush table:\n%s", md.String())
+	}
 	var tb bytes.Buffer
 	WriteTable(&tb, rs[0])
 	if !strings.Contains(tb.String(), "result") {

@@ -77,6 +77,15 @@ func WriteTable(w io.Writer, r *Result) {
 			row("sampling", "error: %s", p.Error)
 		}
 	}
+	if f := r.Flushes; f != nil {
+		var parts []string
+		for _, k := range FlushCalls {
+			if n := f.Calls[k]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", k, n))
+			}
+		}
+		row("flushes", "%.2f per message (%d: %s; the relay was traced, its speed above is not its own)", f.PerMessage, f.Total, strings.Join(parts, ", "))
+	}
 	row("bench cpu", "%.2fs", r.BenchCPUSeconds)
 	if r.OK {
 		row("result", "ok")
@@ -153,8 +162,23 @@ func Report(w io.Writer, results []*Result, baseline string) {
 	groups := map[key][]*Result{}
 	var cases, labels []string
 	seenC, seenL := map[string]bool{}, map[string]bool{}
+	flushes := map[key][]float64{}
 	for _, r := range results {
 		k := key{r.Case, r.Label}
+		if r.Flushes != nil {
+			// A traced run counts flushes; its speed is that of a
+			// traced relay.
+			flushes[k] = append(flushes[k], r.Flushes.PerMessage)
+			if !seenC[r.Case] {
+				seenC[r.Case] = true
+				cases = append(cases, r.Case)
+			}
+			if !seenL[r.Label] {
+				seenL[r.Label] = true
+				labels = append(labels, r.Label)
+			}
+			continue
+		}
 		groups[k] = append(groups[k], r)
 		if !seenC[r.Case] {
 			seenC[r.Case] = true
@@ -239,5 +263,30 @@ func Report(w io.Writer, results []*Result, baseline string) {
 			fmt.Fprintf(w, "| %s | %s | %s | %.0f%s | %s | %s | %.1f | %s | %s | %s | %s |\n",
 				c, l, runs, s.accepted, ratio(s.accepted, base.accepted, cmp), del, lat, s.submit50, cpu, cpuMsg, rss, pss)
 		}
+	}
+	if len(flushes) == 0 {
+		return
+	}
+	// Flushes per message, from the traced runs, one column per label.
+	fmt.Fprintln(w)
+	fmt.Fprint(w, "| disk flushes per message (strace) |")
+	for _, l := range labels {
+		fmt.Fprintf(w, " %s |", l)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range labels {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+	for _, c := range cases {
+		fmt.Fprintf(w, "| %s |", c)
+		for _, l := range labels {
+			if v := flushes[key{c, l}]; len(v) > 0 {
+				fmt.Fprintf(w, " %.2f |", Median(v))
+			} else {
+				fmt.Fprint(w, " – |")
+			}
+		}
+		fmt.Fprintln(w)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,12 @@ type Config struct {
 	SampleInterval time.Duration
 	NoPSS          bool
 	PSSInterval    time.Duration
+
+	// CountFlushes traces the measured processes with strace during the
+	// run and reports their disk flushes per message (Result.Flushes).
+	// Tracing slows them down: such a run is for counting, and reports
+	// leave it out of the speed figures.
+	CountFlushes bool
 
 	// Progress, when > 0, writes a progress line to Log this often.
 	Progress time.Duration
@@ -102,6 +109,9 @@ type Result struct {
 	SinkStats SinkStats   `json:"sink_stats"`
 	SinkRate  float64     `json:"sink_msgs_per_sec,omitempty"`
 	Process   *ProcResult `json:"process,omitempty"`
+	// Flushes, in a run with CountFlushes, are the measured processes'
+	// disk flushes; its speed figures are those of a traced relay.
+	Flushes *Flushes `json:"flushes,omitempty"`
 	// BenchCPUSeconds is the CPU time of the bench process itself (load
 	// client and sink).
 	BenchCPUSeconds float64 `json:"bench_cpu_seconds"`
@@ -253,6 +263,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return res, fmt.Errorf("process measurement: %w", err)
 		}
 	}
+	var tracer *flushTracer
+	if cfg.CountFlushes {
+		if cfg.Procs.Empty() {
+			return res, errors.New("counting flushes needs the processes to trace (--pid, --pid-match, --pid-user or --cgroup)")
+		}
+		ps, err := (&Sampler{Sel: cfg.Procs, NoPSS: true}).Sample()
+		if err != nil {
+			return res, fmt.Errorf("process measurement: %w", err)
+		}
+		actx, cancel := context.WithTimeout(tctx, 30*time.Second)
+		tracer, err = startFlushTracer(actx, ps.PIDs, os.TempDir())
+		cancel()
+		if err != nil {
+			if mon != nil {
+				mon.Stop()
+			}
+			return res, err
+		}
+	}
 	cpu0 := SelfCPU()
 	start := time.Now()
 	tr.start = start
@@ -266,6 +295,26 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		runErr = runFull(ctx, tctx, cfg, res, sink, tr, ls)
 	}
 	res.WallSeconds = time.Since(start).Seconds()
+	if tracer != nil {
+		calls, err := tracer.stop()
+		if err != nil && runErr == nil {
+			runErr = fmt.Errorf("counting flushes: %w", err)
+		}
+		if calls != nil {
+			f := &Flushes{Calls: calls}
+			for _, n := range calls {
+				f.Total += n
+			}
+			n := ls.accepted.Load()
+			if cfg.SinkOnly {
+				n = int64(cfg.N) // the load came from elsewhere
+			}
+			if n > 0 {
+				f.PerMessage = round(float64(f.Total) / float64(n))
+			}
+			res.Flushes = f
+		}
+	}
 	if mon != nil {
 		pr := mon.Stop()
 		res.Process = &pr

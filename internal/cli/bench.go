@@ -87,6 +87,7 @@ delivered within --timeout.
 	f.DurationVar(&c.SampleInterval, "sample-interval", 100*time.Millisecond, "how often to sample the measured processes")
 	f.BoolVar(&c.NoPSS, "no-pss", false, "do not read smaps_rollup for Pss")
 	f.DurationVar(&c.PSSInterval, "pss-interval", time.Second, "read Pss at most this often (smaps_rollup is costly for large processes)")
+	f.BoolVar(&c.CountFlushes, "count-flushes", false, "count the measured processes' disk flushes (fsync, fdatasync…) per message with strace; tracing slows them, so reports leave such a run out of the speed figures")
 	f.StringVar(&c.Label, "label", "", "name of the system under test, for reports (e.g. postfix)")
 	f.StringVar(&c.Case, "case", "", "name of the case, for reports (default: derived from size and recipients)")
 	f.DurationVar(&c.Progress, "progress", 5*time.Second, "progress line on stderr this often (0: none)")

@@ -229,7 +229,7 @@ a process with another value refuses to start.`,
 				return err
 			}
 			fmt.Fprintf(g.stdout, "the queue now has %d shards (was %d)\n", n, from)
-			if cfg.Broker.QueueShards != n {
+			if cfg.Broker.QueueShards != 0 && cfg.Broker.QueueShards != n {
 				fmt.Fprintf(g.stderr, "set broker.queue_shards: %d in every process's configuration before starting them\n", n)
 			}
 			return nil

@@ -97,6 +97,7 @@ func newDeliveryCmd(g *globals) *cobra.Command {
 // exits at once), or, when the Windows Service Control Manager started the
 // process, until the service is stopped; then it stops them gracefully.
 func runStages(cfg *config.Config, log zerolog.Logger, st app.Stages) error {
+	applyMemoryLimit(cfg, log)
 	if handled, err := runAsService(cfg, log, st); handled {
 		return err
 	}

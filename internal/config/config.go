@@ -35,7 +35,17 @@ type Config struct {
 	DeadLetter DeadLetter `yaml:"deadletter"`
 	HTTP       HTTP       `yaml:"http"`
 	Log        Log        `yaml:"log"`
+	// MemoryLimit is the process's soft memory limit (Go's
+	// runtime/debug.SetMemoryLimit) for the commands that run stages;
+	// 0: none. With it the garbage collector runs at Go's default pace
+	// (GOGC 100) and harder only as the process nears the limit. The
+	// environment's GOMEMLIMIT and GOGC, when set, win.
+	MemoryLimit ByteSize `yaml:"memory_limit"`
 }
+
+// DefaultMemoryLimit is memory_limit's default (BENCHMARKS.md: the
+// garbage collector's pace and the large-message case).
+const DefaultMemoryLimit ByteSize = 0
 
 // Broker is the NATS JetStream connection and, for serve and broker, the
 // embedded server.
@@ -54,8 +64,10 @@ type Broker struct {
 	// Replicas of every stream and bucket: 1 on one node, 3 on a cluster.
 	Replicas int `yaml:"replicas"`
 	// QueueShards spreads the queue over this many streams, which the
-	// broker writes (and fsyncs) in parallel. Every process of a deployment
-	// must use the same value.
+	// broker writes (and fsyncs) in parallel. 0 (the default): the layout
+	// already on the broker, or for a new queue broker.AutoQueueShards
+	// (twice the CPUs, 4 to 16). A number must match the broker's layout
+	// (`jetrelay queue reshard` changes it).
 	QueueShards int `yaml:"queue_shards"`
 	// Credentials is a NATS .creds file (JWT + NKey).
 	Credentials  string    `yaml:"credentials"`
@@ -456,8 +468,9 @@ func Default() *Config {
 	}
 	t := in.AddMissingHeaders
 	return &Config{
-		Hostname: defaultHostname(),
-		DataDir:  defaultDataDir(),
+		Hostname:    defaultHostname(),
+		DataDir:     defaultDataDir(),
+		MemoryLimit: DefaultMemoryLimit,
 		Broker: Broker{
 			Replicas:       b.Replicas,
 			QueueShards:    b.QueueShards,

@@ -34,6 +34,9 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		add("data_dir", "must not be empty")
 	}
+	if c.MemoryLimit != 0 && c.MemoryLimit < 64<<20 {
+		add("memory_limit", "must be 0 (none) or at least 64MiB, got %d bytes: below that the garbage collector would run all the time", c.MemoryLimit)
+	}
 
 	// broker
 	for _, u := range c.Broker.URL {
@@ -54,8 +57,8 @@ func (c *Config) Validate() error {
 	if c.Broker.Replicas < 1 || c.Broker.Replicas > 5 {
 		add("broker.replicas", "must be between 1 and 5, got %d", c.Broker.Replicas)
 	}
-	if c.Broker.QueueShards < 1 || c.Broker.QueueShards > 32 {
-		add("broker.queue_shards", "must be between 1 and 32, got %d", c.Broker.QueueShards)
+	if c.Broker.QueueShards < 0 || c.Broker.QueueShards > 32 {
+		add("broker.queue_shards", "must be 0 (the layout on the broker, or one derived from the machine for a new queue) or between 1 and 32, got %d", c.Broker.QueueShards)
 	}
 	if c.Broker.SyncInterval != "always" {
 		if _, err := time.ParseDuration(c.Broker.SyncInterval); err != nil {

@@ -178,6 +178,9 @@ func (s *stack) check(l *testenv.Load, maxDup int) testenv.Verdict {
 	if v.Duplicates > maxDup {
 		s.t.Errorf("%d duplicates, more than the kill windows explain (%d)", v.Duplicates, maxDup)
 	}
+	if len(v.Corrupt) > 0 {
+		s.t.Errorf("bodies changed on the way: %v", v.Corrupt)
+	}
 	if v.Accepted == 0 {
 		s.t.Error("no message was accepted at all")
 	}
@@ -249,6 +252,34 @@ func TestFaultKillIngress(t *testing.T) {
 	// connection after the dot and sent again.
 	if v.Duplicates > v.Unknown {
 		t.Errorf("%d duplicates but only %d messages in doubt at the client", v.Duplicates, v.Unknown)
+	}
+}
+
+// SIGKILL each stage in turn while multi-megabyte bodies are on their way
+// in (chunks already in the body store, the job not yet published) and out
+// (the worker streaming chunks to the next hop): every accepted message
+// arrives byte for byte, and only the kill windows explain a second copy.
+func TestFaultKillMidBody(t *testing.T) {
+	s := newStack(t, 1)
+	s.addIngress(1)
+	s.addWorkers(2)
+	s.startAll()
+	const n = 160
+	l := testenv.StartLoad(testenv.LoadOptions{Addrs: s.ingressAddrs(), N: n, Conc: 12,
+		Size: func(i int) int { return []int{3 << 20, 1 << 10, 700 << 10, 5<<20 + 17}[i%4] }})
+	start := time.Now()
+	victims := []*node{s.workers[0], s.ingress[0], s.workers[1], s.brokers[0], s.workers[0]}
+	for i, victim := range victims {
+		target := int64(25 * (i + 1))
+		testenv.Eventually(t, 3*time.Minute, func() bool { return l.Accepted() >= target || !stillLoading(l) }, "load stalled")
+		victim.proc.Kill()
+		s.start(victim)
+	}
+	l.Wait()
+	rate := float64(l.Accepted()) / time.Since(start).Seconds()
+	v := s.check(l, 4*8+killWindows(2, rate))
+	if v.Accepted != n || len(v.Lost) != 0 {
+		t.Fatal(v)
 	}
 }
 

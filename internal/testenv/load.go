@@ -34,6 +34,7 @@ type Outcome struct {
 // deadline. It is safe to read Outcomes after Wait.
 type Load struct {
 	Outcomes map[string]*Outcome
+	sizes    map[string]int // body size of each token's message
 	mu       sync.Mutex
 	done     chan struct{}
 	sent     atomic.Int64
@@ -67,9 +68,10 @@ func StartLoad(o LoadOptions) *Load {
 	if o.Pause == 0 {
 		o.Pause = 100 * time.Millisecond
 	}
-	l := &Load{Outcomes: map[string]*Outcome{}, done: make(chan struct{})}
+	l := &Load{Outcomes: map[string]*Outcome{}, sizes: map[string]int{}, done: make(chan struct{})}
 	for i := 0; i < o.N; i++ {
 		l.Outcomes[strconv.Itoa(i)] = &Outcome{}
+		l.sizes[strconv.Itoa(i)] = max(o.Size(i), 2)
 	}
 	next := atomic.Int64{}
 	end := time.Now().Add(o.Deadline)
@@ -187,12 +189,15 @@ type Verdict struct {
 	Unexpected []string // delivered although no try got 250 or was in doubt
 	Duplicates int      // extra copies beyond the first
 	DupTokens  []string
-	Unknown    int // messages with a try in doubt
+	// Corrupt: delivered copies whose body is not byte for byte the one
+	// the client sent (the relay only adds header fields in front).
+	Corrupt []string
+	Unknown int // messages with a try in doubt
 }
 
 func (v Verdict) String() string {
-	return fmt.Sprintf("accepted %d, delivered %d, lost %d, delivered-without-250 %d, duplicates %d, in doubt %d",
-		v.Accepted, v.Delivered, len(v.Lost), len(v.Unexpected), v.Duplicates, v.Unknown)
+	return fmt.Sprintf("accepted %d, delivered %d, lost %d, delivered-without-250 %d, duplicates %d, in doubt %d, corrupt %d",
+		v.Accepted, v.Delivered, len(v.Lost), len(v.Unexpected), v.Duplicates, v.Unknown, len(v.Corrupt))
 }
 
 // LoadID is the load token of a message at the sink ("" if none).
@@ -206,12 +211,23 @@ func LoadID(m *Message) string {
 // Check matches the outcomes against the sink.
 func (l *Load) Check(sink *Sink) Verdict {
 	counts := map[string]int{}
+	var v Verdict
+	bodies := map[int][]byte{}
 	for _, m := range sink.Messages() {
-		if id := LoadID(m); id != "" {
-			counts[id]++
+		id := LoadID(m)
+		if id == "" {
+			continue
+		}
+		counts[id]++
+		if n, ok := l.sizes[id]; ok {
+			if bodies[n] == nil {
+				bodies[n] = Body(n)
+			}
+			if _, body, found := bytes.Cut(m.Data, []byte("\r\n\r\n")); !found || !bytes.Equal(body, bodies[n]) {
+				v.Corrupt = append(v.Corrupt, id)
+			}
 		}
 	}
-	var v Verdict
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for tok, oc := range l.Outcomes {
@@ -239,6 +255,7 @@ func (l *Load) Check(sink *Sink) Verdict {
 	sort.Strings(v.Lost)
 	sort.Strings(v.Unexpected)
 	sort.Strings(v.DupTokens)
+	sort.Strings(v.Corrupt)
 	return v
 }
 
