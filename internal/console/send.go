@@ -22,6 +22,8 @@ import (
 
 type sendForm struct {
 	From, To, Subject, Body, Server string
+	// Err is why the last submission was refused ("" on a fresh form).
+	Err string
 }
 
 func (s *Server) sendServer() string {
@@ -46,10 +48,8 @@ func (s *Server) send(c *reqCtx) {
 		rcpts = append(rcpts, r)
 	}
 	fail := func(err error) {
-		s.render(c, http.StatusUnprocessableEntity, "send", "Send a test message", struct {
-			sendForm
-			Err string
-		}{f, err.Error()})
+		f.Err = err.Error()
+		s.render(c, http.StatusUnprocessableEntity, "send", "Send a test message", f)
 	}
 	switch {
 	case f.Server == "":
