@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -112,6 +113,12 @@ func TestQueueShapeMetrics(t *testing.T) {
 		if l := relay.Metric(`jetrelay_queue_domain_recipients{domain="` + dom + `"}`); l != "" {
 			t.Errorf("%s has a label of its own beyond the top %d: %s", dom, queuectl.ShapeTopDomains, l)
 		}
+	}
+
+	// A read that stops at its limit says so, and counts what it read.
+	sh, err := queuectl.NewShapeCache(queuectl.New(relay.App.Broker()), time.Hour, 5).Get(context.Background())
+	if err != nil || sh.Complete || sh.Jobs != 5 || sh.OldestAge() <= 0 {
+		t.Errorf("shape limited to 5 jobs: %+v, %v", sh, err)
 	}
 
 	// Outbound auth failures, per route.
