@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/delivery/dkim"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -45,7 +46,9 @@ type Options struct {
 	// (workers crashing on it) is dead-lettered.
 	PoisonDeliveries int
 	// RootCAs verifies next hops (nil: the system pool).
-	RootCAs    *x509.CertPool
+	RootCAs *x509.CertPool
+	// DKIM signs what the SMTP transport sends (nil: nothing is signed).
+	DKIM       *dkim.Signer
 	Registerer prometheus.Registerer
 }
 
@@ -129,6 +132,7 @@ func New(b *broker.Client, router *Router, opts Options, log zerolog.Logger) *Wo
 			hostname: opts.Hostname, router: router, pool: p,
 			dialer:   &net.Dialer{Timeout: opts.Timeouts.Connect, KeepAlive: 30 * time.Second},
 			timeouts: opts.Timeouts, rootCAs: opts.RootCAs, tlsOut: m.tls, log: log,
+			dkim: opts.DKIM,
 		},
 		opts:    opts,
 		log:     log,

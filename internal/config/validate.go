@@ -245,6 +245,7 @@ func (c *Config) Validate() error {
 		add("delivery.max_per_destination", "must be at least 1")
 	}
 	positive(add, "delivery.connect_timeout", c.Delivery.ConnectTimeout)
+	c.validateDKIM(add)
 
 	if c.DeadLetter.Retention.D() < time.Second {
 		add("deadletter.retention", "must be at least 1s, got %s", c.DeadLetter.Retention)

@@ -20,13 +20,14 @@ type DNS struct {
 	addrs    map[string][]net.IP
 	servfail map[string]bool
 	known    map[string]bool
+	txt      map[string][][]string
 	udp, tcp *dns.Server
 }
 
 // NewDNS starts the server; it stops when the test ends.
 func NewDNS(t testing.TB) *DNS {
 	t.Helper()
-	d := &DNS{mx: map[string][]*dns.MX{}, addrs: map[string][]net.IP{}, servfail: map[string]bool{}, known: map[string]bool{}}
+	d := &DNS{mx: map[string][]*dns.MX{}, addrs: map[string][]net.IP{}, servfail: map[string]bool{}, known: map[string]bool{}, txt: map[string][][]string{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -95,6 +96,16 @@ func (d *DNS) SetAddr(name string, ips ...string) {
 	d.known[fqdn(name)] = true
 }
 
+// SetTXT sets the TXT records of a name: one record per argument, each
+// record its character-strings (a DKIM RSA key needs several, of at most
+// 255 octets each).
+func (d *DNS) SetTXT(name string, records ...[]string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.txt[fqdn(name)] = records
+	d.known[fqdn(name)] = true
+}
+
 // SetServFail makes every query for name fail with SERVFAIL (or stop
 // failing with false).
 func (d *DNS) SetServFail(name string, on bool) {
@@ -127,6 +138,10 @@ func (d *DNS) serve(w dns.ResponseWriter, r *dns.Msg) {
 		case dns.TypeMX:
 			for _, rr := range d.mx[name] {
 				m.Answer = append(m.Answer, rr)
+			}
+		case dns.TypeTXT:
+			for _, strs := range d.txt[name] {
+				m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60}, Txt: strs})
 			}
 		case dns.TypeA, dns.TypeAAAA:
 			for _, ip := range d.addrs[name] {
