@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
@@ -22,6 +23,7 @@ type queueCollector struct {
 	dead      *prometheus.Desc
 	bodies    *prometheus.Desc
 	up        *prometheus.Desc
+	shard     *prometheus.Desc
 }
 
 // NewQueueCollector returns a collector for the client's queue.
@@ -34,11 +36,13 @@ func NewQueueCollector(c *Client) prometheus.Collector {
 		dead:      prometheus.NewDesc("jetrelay_dead_letters_stored", "Dead letters in the dead-letter stream.", nil, nil),
 		bodies:    prometheus.NewDesc("jetrelay_body_store_bytes", "Bytes in the body object store.", nil, nil),
 		up:        prometheus.NewDesc("jetrelay_broker_up", "1 when the broker answered the last scrape.", nil, nil),
+		shard: prometheus.NewDesc("jetrelay_queue_shard_jobs", "Jobs per queue shard (MAILQ_<shard>) by state: ready, in_flight, scheduled.",
+			[]string{"shard", "state"}, nil),
 	}
 }
 
 func (q *queueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{q.ready, q.inflight, q.scheduled, q.dead, q.bodies, q.up} {
+	for _, d := range []*prometheus.Desc{q.ready, q.inflight, q.scheduled, q.dead, q.bodies, q.up, q.shard} {
 		ch <- d
 	}
 }
@@ -57,6 +61,12 @@ func (q *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(q.scheduled, prometheus.GaugeValue, float64(st.Scheduled))
 	ch <- prometheus.MustNewConstMetric(q.dead, prometheus.GaugeValue, float64(st.DeadLetters))
 	ch <- prometheus.MustNewConstMetric(q.bodies, prometheus.GaugeValue, float64(st.BodyBytes))
+	for i, sh := range st.Shards {
+		n := strconv.Itoa(i)
+		ch <- prometheus.MustNewConstMetric(q.shard, prometheus.GaugeValue, float64(sh.Ready), n, "ready")
+		ch <- prometheus.MustNewConstMetric(q.shard, prometheus.GaugeValue, float64(sh.InFlight), n, "in_flight")
+		ch <- prometheus.MustNewConstMetric(q.shard, prometheus.GaugeValue, float64(sh.Scheduled), n, "scheduled")
+	}
 }
 
 // QueueState is the queue at a glance.
@@ -66,7 +76,12 @@ type QueueState struct {
 	Scheduled   uint64 // retries waiting for their time
 	DeadLetters uint64
 	BodyBytes   uint64 // size of the body object store
+	// Shards are the same counts per queue shard (MAILQ_<i>).
+	Shards []ShardState
 }
+
+// ShardState is one queue shard's depth.
+type ShardState struct{ Ready, InFlight, Scheduled uint64 }
 
 // Empty reports whether nothing is queued, in flight or scheduled.
 func (s QueueState) Empty() bool { return s.Ready+s.InFlight+s.Scheduled == 0 }
@@ -87,6 +102,7 @@ func (c *Client) QueueState(ctx context.Context) (QueueState, error) {
 			return st, err
 		}
 		st.Scheduled += si.NumPending
+		st.Shards = append(st.Shards, ShardState{Ready: ci.NumPending, InFlight: uint64(ci.NumAckPending), Scheduled: si.NumPending})
 	}
 	ds, err := c.dlq.Info(ctx)
 	if err != nil {

@@ -199,3 +199,57 @@ func (c *Client) scanDeadLetters(ctx context.Context, filter string, from uint64
 		return fn(sd)
 	})
 }
+
+// seqSince is the sequence of the first message of a stream stored at or
+// after since; ok is false when there is none.
+func (c *Client) seqSince(ctx context.Context, stream string, since time.Time) (seq uint64, ok bool, err error) {
+	req, _ := json.Marshal(map[string]any{"start_time": since.UTC()})
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	m, err := c.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+stream, req)
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: %s since %s: %v", ErrUnavailable, stream, since.Format(time.RFC3339), err)
+	}
+	switch m.Header.Get("Status") {
+	case "":
+	case "404":
+		return 0, false, nil
+	default:
+		return 0, false, fmt.Errorf("%s since %s: status %s %s", stream, since.Format(time.RFC3339), m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+	seq, err = strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s since %s: no sequence in the reply", stream, since.Format(time.RFC3339))
+	}
+	return seq, true, nil
+}
+
+// DeadLettersSince calls fn for every dead letter written at or after
+// since, oldest first, without reading the older ones.
+func (c *Client) DeadLettersSince(ctx context.Context, since time.Time, fn func(*StoredDeadLetter) bool) error {
+	seq, ok, err := c.seqSince(ctx, contracts.StreamDeadLetter, since)
+	if err != nil || !ok {
+		return err
+	}
+	return c.ScanDeadLetters(ctx, seq, fn)
+}
+
+// DeliveredSince calls fn for every outcome record written at or after
+// since (records are kept OutcomeTTL), oldest first. It calls nothing
+// when the broker keeps no records.
+func (c *Client) DeliveredSince(ctx context.Context, since time.Time, fn func(*Delivered) bool) error {
+	if !c.outcomes {
+		return nil
+	}
+	seq, ok, err := c.seqSince(ctx, outcomeStream, since)
+	if err != nil || !ok {
+		return err
+	}
+	return c.scan(ctx, outcomeStream, outcomeSubject+">", seq, func(m *StoredMsg) bool {
+		var d Delivered
+		if json.Unmarshal(m.Data, &d) != nil {
+			return true
+		}
+		return fn(&d)
+	})
+}

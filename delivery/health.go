@@ -138,3 +138,25 @@ func (w *Worker) probeTokens(ctx context.Context) {
 		}
 	}
 }
+
+// RouteAuth is one route's outbound authentication as last seen.
+type RouteAuth struct {
+	Route  string
+	OK     bool
+	Since  time.Time // when it last changed
+	Reason string    // why it fails
+}
+
+// AuthStates lists every route with credentials this worker has tried,
+// by name: whether the last login worked, since when, and why not.
+func (w *Worker) AuthStates() []RouteAuth {
+	h := w.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]RouteAuth, 0, len(h.states))
+	for route, st := range h.states {
+		out = append(out, RouteAuth{Route: route, OK: !st.failing, Since: st.since, Reason: st.reason})
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Route < out[k].Route })
+	return out
+}

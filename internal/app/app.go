@@ -27,6 +27,8 @@ import (
 	"github.com/jetrelay/jetrelay/delivery"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/internal/console"
+	"github.com/jetrelay/jetrelay/internal/queuectl"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -74,6 +76,9 @@ type App struct {
 	reloader *ingress.CertReloader
 	http     *http.Server
 	httpAddr net.Addr
+	shape    *queuectl.ShapeCache
+	console  *console.Server
+	conAddr  net.Addr
 
 	started atomic.Bool
 	cancel  context.CancelFunc
@@ -130,6 +135,10 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 		return a, err
 	}
 	a.reg.MustRegister(broker.NewQueueCollector(a.bc))
+	// The queue's shape (oldest message, recipients per domain), read at
+	// most every queuectl.ShapeInterval for /metrics and the console.
+	a.shape = queuectl.NewShapeCache(queuectl.New(a.bc), 0, 0)
+	a.reg.MustRegister(queuectl.NewShapeCollector(a.shape))
 
 	if st.Ingress {
 		opts, rl, err := IngressOptions(cfg, log)
@@ -178,10 +187,45 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 			a.sweep(ctx)
 		}()
 	}
+	if cfg.Console.Enabled {
+		if err := a.startConsole(ctx); err != nil {
+			return a, err
+		}
+	}
 	a.started.Store(true)
 	log.Info().Msg("started")
 	return a, nil
 }
+
+// startConsole serves the operator console (internal/console) on
+// console.listen: a listener of its own, not http.listen, because the
+// metrics are scraped without signing in, often from other machines,
+// while the console is on loopback unless the admin says otherwise, and
+// may serve HTTPS.
+func (a *App) startConsole(ctx context.Context) error {
+	o := console.Options{
+		Config: a.cfg, Broker: a.bc, Shape: a.shape, Ready: a.ready, Log: a.log,
+		IngressAddr: func() string {
+			if addrs := a.IngressAddrs(); len(addrs) > 0 {
+				return addrs[0].String()
+			}
+			return ""
+		},
+	}
+	if a.worker != nil {
+		o.AuthStates = a.worker.AuthStates
+	}
+	c, err := console.New(o)
+	if err != nil {
+		return err
+	}
+	a.console = c
+	a.conAddr, err = c.Listen(ctx)
+	return err
+}
+
+// ConsoleAddr is the console's bound address (nil when off).
+func (a *App) ConsoleAddr() net.Addr { return a.conAddr }
 
 // sweep releases, every deadletter.sweep_interval, the bodies of dead
 // letters that the stream's retention removed.
@@ -231,6 +275,9 @@ func (a *App) Stop() {
 	a.once.Do(func() {
 		a.cancel() // ingress drains, delivery finishes attempts in flight
 		a.wg.Wait()
+		if a.console != nil {
+			a.console.Close()
+		}
 		if a.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_ = a.http.Shutdown(ctx)

@@ -16,6 +16,7 @@ import (
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/jetrelay/jetrelay/internal/filter"
 	"github.com/jetrelay/jetrelay/internal/logging"
+	"github.com/jetrelay/jetrelay/internal/msgview"
 	"github.com/spf13/cobra"
 )
 
@@ -187,31 +188,7 @@ func (o *output) more(after uint64, noun string) {
 	fmt.Fprintf(o.w, "more %s: --after %d\n", noun, after)
 }
 
-func ago(t time.Time, now time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	d := now.Sub(t)
-	neg := d < 0
-	if neg {
-		d = -d
-	}
-	var s string
-	switch {
-	case d < time.Minute:
-		s = fmt.Sprintf("%ds", int(d.Seconds()))
-	case d < time.Hour:
-		s = fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		s = fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	default:
-		s = fmt.Sprintf("%dd%02dh", int(d.Hours()/24), int(d.Hours())%24)
-	}
-	if neg {
-		return "in " + s
-	}
-	return s
-}
+func ago(t time.Time, now time.Time) string { return msgview.Ago(t, now) }
 
 func rcptList(rs []contracts.Recipient) string {
 	addrs := make([]string, len(rs))

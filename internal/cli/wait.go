@@ -10,6 +10,7 @@ import (
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/contracts"
 	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/internal/msgview"
 )
 
 // `jetrelay send --wait` follows the message it sent by its queue ID until
@@ -19,140 +20,26 @@ import (
 // commands read: the message's jobs and dead letters, and the outcome
 // record of its delivered recipients (broker.MessageDelivered).
 
+// The model of following a message is msgview's (shared with the console).
+type (
+	outcome  = msgview.Outcome
+	snapshot = msgview.Snapshot
+)
+
+const (
+	statePending  = msgview.StatePending
+	stateWaiting  = msgview.StateWaiting
+	stateDeferred = msgview.StateDeferred
+	stateDead     = msgview.StateDead
+	stateDone     = msgview.StateDone
+)
+
 // Exit codes of send --wait.
 const (
 	exitDelivered = 0
 	exitTempFail  = 75 // EX_TEMPFAIL: deferred, or no outcome within the wait
 	exitFailed    = 1
 )
-
-// progressState is where one recipient stands, the further along the better
-// known: an attempt's outcome outranks a job waiting for its attempt.
-type progressState int
-
-const (
-	stateUnknown  progressState = iota
-	statePending                // queued, no attempt finished yet (or being delivered)
-	stateWaiting                // held back by a route's rate limit
-	stateDeferred               // an attempt failed temporarily; a retry is scheduled
-	stateDead                   // dead-lettered
-	stateDone                   // delivered
-)
-
-// outcome is one recipient's state with what explains it.
-type outcome struct {
-	addr    string
-	state   progressState
-	reply   *contracts.Reply
-	next    time.Time // deferred, waiting: when it is tried again
-	attempt int       // deferred: the attempt that comes next
-	why     string    // waiting: the limit; dead: the reason
-	detail  string    // dead: the explanation
-	norec   bool      // delivered, but no record of the reply is kept
-}
-
-// snapshot is everything the broker holds of a message at one moment.
-type snapshot struct {
-	jobs      []*broker.QueuedJob
-	dls       []*broker.StoredDeadLetter
-	delivered []broker.Delivered
-	kept      bool // the broker keeps outcome records
-}
-
-func (s *snapshot) empty() bool {
-	return len(s.jobs) == 0 && len(s.dls) == 0 && len(s.delivered) == 0
-}
-
-// observe reads the message's records.
-func observe(ctx context.Context, bc *broker.Client, qid string) (*snapshot, error) {
-	s := &snapshot{}
-	if err := bc.MessageJobs(ctx, qid, func(q *broker.QueuedJob) bool {
-		if q.Job != nil {
-			s.jobs = append(s.jobs, q)
-		}
-		return true
-	}); err != nil {
-		return nil, err
-	}
-	if err := bc.MessageDeadLetters(ctx, qid, func(d *broker.StoredDeadLetter) bool {
-		if d.DL != nil {
-			s.dls = append(s.dls, d)
-		}
-		return true
-	}); err != nil {
-		return nil, err
-	}
-	var err error
-	s.delivered, s.kept, err = bc.MessageDelivered(ctx, qid)
-	return s, err
-}
-
-// judge says where each of rcpts stands in s, and whether every one has
-// an outcome (delivered, deferred or dead-lettered). gone: nothing of the
-// message is held any more (seen twice, a moment apart, by the caller),
-// which means its remaining recipients were delivered.
-func judge(rcpts []string, s *snapshot, gone bool) ([]outcome, bool) {
-	byAddr := map[string]*outcome{}
-	out := make([]outcome, len(rcpts))
-	for i, r := range rcpts {
-		out[i] = outcome{addr: r}
-		byAddr[strings.ToLower(r)] = &out[i]
-	}
-	set := func(addr string, o outcome) {
-		cur, ok := byAddr[strings.ToLower(addr)]
-		if !ok || o.state < cur.state {
-			return
-		}
-		o.addr = cur.addr
-		*cur = o
-	}
-	for _, d := range s.delivered {
-		for _, r := range d.Rcpts {
-			set(r.Addr, outcome{state: stateDone, reply: r.LastReply})
-		}
-	}
-	var done []contracts.Recipient
-	for _, q := range s.jobs {
-		done = append(done, q.Job.Done...)
-		for _, r := range q.Job.Rcpts {
-			reply := r.LastReply
-			if reply == nil {
-				reply = q.Job.LastError
-			}
-			switch {
-			case q.Scheduled && q.Job.Waiting != "":
-				set(r.Addr, outcome{state: stateWaiting, why: q.Job.Waiting, next: q.NextAt, reply: reply})
-			case q.Scheduled:
-				set(r.Addr, outcome{state: stateDeferred, reply: reply, next: q.NextAt, attempt: q.Job.Attempt})
-			default:
-				set(r.Addr, outcome{state: statePending, reply: reply, attempt: q.Job.Attempt})
-			}
-		}
-	}
-	for _, d := range s.dls {
-		done = append(done, d.DL.Job.Done...)
-		for _, r := range d.DL.Job.Rcpts {
-			reply := r.LastReply
-			if reply == nil {
-				reply = d.DL.LastReply
-			}
-			set(r.Addr, outcome{state: stateDead, reply: reply, why: d.DL.Reason, detail: d.DL.Detail})
-		}
-	}
-	for _, r := range done {
-		set(r.Addr, outcome{state: stateDone, reply: r.LastReply})
-	}
-	final := true
-	for i := range out {
-		if out[i].state == stateUnknown && gone {
-			out[i] = outcome{addr: out[i].addr, state: stateDone, norec: true}
-		}
-		if out[i].state < stateDeferred {
-			final = false
-		}
-	}
-	return out, final
-}
 
 // follow polls the message until every recipient has an outcome or the
 // wait is over, prints the outcome, and returns the exit code.
@@ -161,26 +48,13 @@ func follow(ctx context.Context, bc *broker.Client, cfg *config.Config, qid, fro
 	deadline := time.Now().Add(wait)
 	var outs []outcome
 	var last *snapshot
-	var emptySince time.Time
+	fl := &msgview.Follower{QueueID: qid, Rcpts: rcpts}
 	interval := 100 * time.Millisecond
 	for {
-		s, err := observe(ctx, bc, qid)
 		now := time.Now()
+		o, s, final, err := fl.Look(ctx, bc, now)
 		if err == nil {
-			last = s
-			gone := false
-			if s.empty() {
-				// Nothing held: delivered in full, or the record of it
-				// not stored yet. Seen again a moment later, it is gone.
-				if emptySince.IsZero() {
-					emptySince = now
-				}
-				gone = now.Sub(emptySince) >= time.Second
-			} else {
-				emptySince = time.Time{}
-			}
-			var final bool
-			outs, final = judge(rcpts, s, gone)
+			outs, last = o, s
 			if final {
 				return report(w, cfg, qid, from, outs, last, wait)
 			}
@@ -217,49 +91,49 @@ func report(w io.Writer, cfg *config.Config, qid, from string, outs []outcome, s
 		hints = append(hints, h)
 	}
 	for _, o := range outs {
-		reply := o.reply.String()
-		switch o.state {
+		reply := o.Reply.String()
+		switch o.State {
 		case stateDone:
 			switch {
-			case o.norec && s != nil && s.kept:
-				fmt.Fprintf(w, "<%s>: delivered: the message left the queue without a dead letter (its record of the reply is gone: the broker restarted, or kept too many)\n", o.addr)
-			case o.norec:
-				fmt.Fprintf(w, "<%s>: delivered: the message left the queue without a dead letter (this relay keeps no record of the reply)\n", o.addr)
-			case o.reply != nil && o.reply.Host != "":
-				fmt.Fprintf(w, "<%s>: delivered to %s: %s\n", o.addr, o.reply.Host, withoutHost(o.reply))
+			case o.NoRec && s != nil && s.Kept:
+				fmt.Fprintf(w, "<%s>: delivered: the message left the queue without a dead letter (its record of the reply is gone: the broker restarted, or kept too many)\n", o.Addr)
+			case o.NoRec:
+				fmt.Fprintf(w, "<%s>: delivered: the message left the queue without a dead letter (this relay keeps no record of the reply)\n", o.Addr)
+			case o.Reply != nil && o.Reply.Host != "":
+				fmt.Fprintf(w, "<%s>: delivered to %s: %s\n", o.Addr, o.Reply.Host, withoutHost(o.Reply))
 			default:
-				fmt.Fprintf(w, "<%s>: delivered: %s\n", o.addr, orDash(reply))
+				fmt.Fprintf(w, "<%s>: delivered: %s\n", o.Addr, orDash(reply))
 			}
 		case stateDeferred:
 			deferred = true
 			code = max(code, exitTempFail)
-			fmt.Fprintf(w, "<%s>: deferred: %s\n", o.addr, orDash(describeReply(o.reply)))
+			fmt.Fprintf(w, "<%s>: deferred: %s\n", o.Addr, orDash(describeReply(o.Reply)))
 			fmt.Fprintf(w, "  attempt %d at %s (%s); the message stays in the queue and is retried on delivery.retry.schedule for up to delivery.retry.max_age (%s)\n",
-				o.attempt, o.next.Local().Format("15:04:05"), ago(o.next, now), cfg.Delivery.Retry.MaxAge)
+				o.Attempt, o.Next.Local().Format("15:04:05"), ago(o.Next, now), cfg.Delivery.Retry.MaxAge)
 			routingHints(cfg, o, hint)
 		case stateDead:
 			dead = true
 			code = exitFailed
-			fmt.Fprintf(w, "<%s>: dead-lettered (%s): %s\n", o.addr, o.why, orDash(describeReply(o.reply)))
-			if o.detail != "" && !strings.Contains(reply, o.detail) && !strings.HasSuffix(o.detail, "failed permanently") {
-				fmt.Fprintf(w, "  %s\n", o.detail)
+			fmt.Fprintf(w, "<%s>: dead-lettered (%s): %s\n", o.Addr, o.Why, orDash(describeReply(o.Reply)))
+			if o.Detail != "" && !strings.Contains(reply, o.Detail) && !strings.HasSuffix(o.Detail, "failed permanently") {
+				fmt.Fprintf(w, "  %s\n", o.Detail)
 			}
 			routingHints(cfg, o, hint)
 		case stateWaiting:
 			pending = true
 			code = max(code, exitTempFail)
-			fmt.Fprintf(w, "<%s>: not attempted yet: %s; next try at %s (%s)\n", o.addr, o.why, o.next.Local().Format("15:04:05"), ago(o.next, now))
+			fmt.Fprintf(w, "<%s>: not attempted yet: %s; next try at %s (%s)\n", o.Addr, o.Why, o.Next.Local().Format("15:04:05"), ago(o.Next, now))
 		default:
 			pending = true
 			code = max(code, exitTempFail)
 			switch {
-			case o.attempt > 1:
-				fmt.Fprintf(w, "<%s>: still queued after %s: attempt %d is due or under way (the last one said: %s)\n", o.addr, wait, o.attempt, orDash(describeReply(o.reply)))
-			case o.state == statePending:
+			case o.Attempt > 1:
+				fmt.Fprintf(w, "<%s>: still queued after %s: attempt %d is due or under way (the last one said: %s)\n", o.Addr, wait, o.Attempt, orDash(describeReply(o.Reply)))
+			case o.State == statePending:
 				fmt.Fprintf(w, "<%s>: still queued after %s: the first attempt has not finished (is a delivery process running? `jetrelay serve` runs one; trying every MX host can take delivery.connect_timeout, %s, per host)\n",
-					o.addr, wait, cfg.Delivery.ConnectTimeout)
+					o.Addr, wait, cfg.Delivery.ConnectTimeout)
 			default:
-				fmt.Fprintf(w, "<%s>: no outcome after %s\n", o.addr, wait)
+				fmt.Fprintf(w, "<%s>: no outcome after %s\n", o.Addr, wait)
 			}
 		}
 	}
@@ -323,15 +197,15 @@ func direct(cfg *config.Config, domain string) bool {
 // directly: what direct MX delivery needs, and that reserved domains take
 // no mail.
 func routingHints(cfg *config.Config, o outcome, hint func(string)) {
-	dom := contracts.AddrDomain(o.addr)
-	if !direct(cfg, dom) || o.reply == nil {
+	dom := contracts.AddrDomain(o.Addr)
+	if !direct(cfg, dom) || o.Reply == nil {
 		return
 	}
 	if reserved(dom) {
 		hint(fmt.Sprintf("%s is reserved for examples and tests (RFC 2606): no MX host takes mail for it; send to an address of yours", dom))
 	}
-	switch enh := o.reply.Enhanced; {
-	case strings.HasPrefix(enh, "4.4."), enh == "5.1.2", enh == "5.1.10", o.reply.Code == 0:
+	switch enh := o.Reply.Enhanced; {
+	case strings.HasPrefix(enh, "4.4."), enh == "5.1.2", enh == "5.1.10", o.Reply.Code == 0:
 		hint("without a smart host (delivery.smarthost), jetrelay delivers to each recipient domain's MX hosts itself: that needs DNS and outbound connections to port 25, which most home, office and cloud networks block; to send through your provider instead, set delivery.smarthost (e.g. smtp.office365.com:587)")
 	}
 }

@@ -35,6 +35,7 @@ type Config struct {
 	DeadLetter DeadLetter `yaml:"deadletter"`
 	HTTP       HTTP       `yaml:"http"`
 	Log        Log        `yaml:"log"`
+	Console    Console    `yaml:"console"`
 	// MemoryLimit is the process's soft memory limit (Go's
 	// runtime/debug.SetMemoryLimit) for the commands that run stages;
 	// 0: none. With it the garbage collector runs at Go's default pace
@@ -437,6 +438,32 @@ type HTTP struct {
 	Pprof bool `yaml:"pprof"`
 }
 
+// Console is the operator console in the browser (internal/console): off
+// unless enabled, on a listener of its own (loopback by default, TLS when
+// given a certificate), separate from http.listen, which Prometheus
+// scrapes without signing in.
+type Console struct {
+	Enabled bool   `yaml:"enabled"`
+	Listen  string `yaml:"listen"`
+	// UsersFile holds the console's users with bcrypt password hashes, in
+	// the format of ingress.users_file (`jetrelay user add --users-file`);
+	// a file of its own, so that a relay login is not a console login.
+	UsersFile string `yaml:"users_file"`
+	// TLSCert, TLSKey: the listener serves HTTPS with them.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// ProxyUserHeader names a header that carries the signed-in user's
+	// name, set by a reverse proxy that authenticates, believed only from
+	// TrustedProxies.
+	ProxyUserHeader string     `yaml:"proxy_user_header"`
+	TrustedProxies  StringList `yaml:"trusted_proxies"`
+	// AllowInsecureRemote lets browsers on other machines use the console
+	// over plain HTTP (passwords and cookies in the clear).
+	AllowInsecureRemote bool `yaml:"allow_insecure_remote"`
+	// SessionTimeout ends a session after this long without a request.
+	SessionTimeout Duration `yaml:"session_timeout"`
+}
+
 // Log configures logging.
 type Log struct {
 	Level  string `yaml:"level"`
@@ -525,6 +552,7 @@ func Default() *Config {
 		DeadLetter: DeadLetter{Retention: Duration(b.DeadLetterRetention), SweepInterval: Duration(10 * time.Minute)},
 		HTTP:       HTTP{Listen: "127.0.0.1:8025"},
 		Log:        Log{Level: "info", Format: "json"},
+		Console:    Console{Listen: "127.0.0.1:8026", SessionTimeout: Duration(30 * time.Minute)},
 	}
 }
 

@@ -259,6 +259,7 @@ func (c *Config) Validate() error {
 	if c.HTTP.Listen != "" && c.HTTP.Listen != "off" {
 		checkHostPort(add, "http.listen", c.HTTP.Listen, true)
 	}
+	validateConsole(add, c.Console)
 	switch strings.ToLower(c.Log.Level) {
 	case "trace", "debug", "info", "warn", "error":
 	default:
@@ -521,5 +522,38 @@ func checkFile(add func(string, string, ...any), key, path string) {
 func positive(add func(string, string, ...any), key string, d Duration) {
 	if d <= 0 {
 		add(key, "must be positive")
+	}
+}
+
+// validateConsole checks the console's section; most of it only when the
+// console is enabled.
+func validateConsole(add func(string, string, ...any), c Console) {
+	if c.SessionTimeout.D() < time.Minute {
+		add("console.session_timeout", "must be at least 1m, got %s", c.SessionTimeout)
+	}
+	for _, p := range c.TrustedProxies {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			if _, err := netip.ParseAddr(p); err != nil {
+				add("console.trusted_proxies", "%q is neither an address nor a network such as 10.0.0.0/8", p)
+			}
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		add("console.tls_cert", "tls_cert and tls_key go together: give both or neither")
+	}
+	if !c.Enabled {
+		return
+	}
+	checkHostPort(add, "console.listen", c.Listen, true)
+	if c.UsersFile == "" && c.ProxyUserHeader == "" {
+		add("console.users_file", "the console requires sign-in: set console.users_file (users added with `jetrelay user add --users-file FILE NAME`), or console.proxy_user_header with console.trusted_proxies")
+	}
+	if c.ProxyUserHeader != "" && len(c.TrustedProxies) == 0 {
+		add("console.trusted_proxies", "console.proxy_user_header is believed only from the proxies listed here; list your reverse proxy's address")
+	}
+	if c.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
+			add("console.tls_cert", "cannot load the certificate and key: %v", err)
+		}
 	}
 }

@@ -11,7 +11,8 @@ import (
 
 // jetrelayMetrics are the metric families jetrelay exports (ingress/,
 // delivery/ and broker/metrics.go), with whether each is a histogram
-// (queried through its _bucket, _sum and _count series). The dashboard
+// (queried through its _bucket, _sum and _count series), and those of
+// internal/queuectl/shape.go. The dashboard
 // may use only these; TestMetricListMatchesSource keeps the list honest.
 var jetrelayMetrics = map[string]bool{
 	"jetrelay_smtp_sessions_total":           false,
@@ -36,6 +37,11 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_dead_letters_stored":           false,
 	"jetrelay_body_store_bytes":              false,
 	"jetrelay_broker_up":                     false,
+	// broker/metrics.go and internal/queuectl/shape.go: the queue's shape
+	"jetrelay_queue_shard_jobs":                 false,
+	"jetrelay_queue_oldest_message_age_seconds": false,
+	"jetrelay_queue_domain_recipients":          false,
+	"jetrelay_queue_shape_complete":             false,
 }
 
 var metricName = regexp.MustCompile(`\bjetrelay_[a-z0-9_]+`)
@@ -46,7 +52,7 @@ var metricName = regexp.MustCompile(`\bjetrelay_[a-z0-9_]+`)
 func TestMetricListMatchesSource(t *testing.T) {
 	src := map[string]bool{}
 	quoted := regexp.MustCompile(`"(jetrelay_[a-z0-9_]+)"`)
-	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "delivery/health.go", "broker/metrics.go"} {
+	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "delivery/health.go", "broker/metrics.go", "internal/queuectl/shape.go"} {
 		for _, m := range quoted.FindAllStringSubmatch(string(readFile(t, filepath.Join(repoRoot(t), filepath.FromSlash(f)))), -1) {
 			src[m[1]] = true
 		}
