@@ -60,6 +60,9 @@ type smtpConn struct {
 	written int64 // bytes written to the connection (before TLS)
 	broken  bool
 	lastUse time.Time
+	// stsOK: the connection met an MTA-STS policy (matching MX name, TLS
+	// with a certificate valid for it), so an enforce policy may reuse it.
+	stsOK bool
 }
 
 // dialSMTP connects and reads the greeting. With implicitTLS the TLS
@@ -110,7 +113,7 @@ func (c *smtpConn) handshake(ctx context.Context, cfg *tls.Config) error {
 	hctx, cancel := context.WithTimeout(ctx, c.to.Connect)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		return fmt.Errorf("%w: %v", errTLSFailed, err)
+		return fmt.Errorf("%w: %w", errTLSFailed, err)
 	}
 	st := tc.ConnectionState()
 	c.tlsDesc = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)

@@ -30,7 +30,7 @@ func fetcher(srv *testenv.STSServer, dns *testenv.DNS) *mtasts.Fetcher {
 // refuse what breaks it, with the RFC 8460 result-type.
 func TestFetch(t *testing.T) {
 	dns := testenv.NewDNS(t)
-	srv := testenv.NewSTSServer(t, dns, "a.test", "redirect.test", "html.test", "missing.test", "big.test", "invalid.test")
+	srv := testenv.NewSTSServer(t, dns, nil, "a.test", "redirect.test", "html.test", "missing.test", "big.test", "invalid.test")
 	srv.Serve("a.test", testenv.STSResponse{Policy: enforce})
 	srv.Serve("redirect.test", testenv.STSResponse{Status: http.StatusFound, Location: "https://mta-sts.a.test/.well-known/mta-sts.txt"})
 	srv.Serve("html.test", testenv.STSResponse{Policy: enforce, ContentType: "text/html"})
@@ -82,7 +82,7 @@ func TestFetch(t *testing.T) {
 // failed fetch for a while.
 func TestCache(t *testing.T) {
 	dns := testenv.NewDNS(t)
-	srv := testenv.NewSTSServer(t, dns, "a.test", "down.test")
+	srv := testenv.NewSTSServer(t, dns, nil, "a.test", "down.test")
 	srv.Publish("a.test", "one", enforce)
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	c := mtasts.NewCache(mtasts.CacheOptions{Fetcher: fetcher(srv, dns), Resolver: resolver(dns.Addr), RetryFetch: time.Minute, Now: func() time.Time { return now }})

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"crypto/tls"
 	"io"
 	"log"
 	"net"
@@ -40,17 +41,22 @@ type STSResponse struct {
 	Location string
 }
 
-// NewSTSServer starts the server for the given domains' policy hosts; it
-// stops when the test ends.
-func NewSTSServer(t testing.TB, dns *DNS, domains ...string) *STSServer {
+// NewSTSServer starts the server for the given domains' policy hosts,
+// with a certificate that pki (nil: a new one) issues; it stops when the
+// test ends.
+func NewSTSServer(t testing.TB, dns *DNS, pki *PKI, domains ...string) *STSServer {
 	t.Helper()
 	names := make([]string, len(domains))
 	for i, d := range domains {
 		names[i] = "mta-sts." + d
 	}
-	s := &STSServer{PKI: NewPKI(t, names...), t: t, dns: dns, policies: map[string]STSResponse{}, requests: map[string]int{}}
+	if pki == nil {
+		pki = NewPKI(t)
+	}
+	s := &STSServer{PKI: pki, t: t, dns: dns, policies: map[string]STSResponse{}, requests: map[string]int{}}
+	_, _, cert := pki.Issue(t, "mta-sts", names...)
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
-	s.srv.TLS = s.PKI.ServerConfig()
+	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what some tests want
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
