@@ -2,15 +2,19 @@ package mtasts_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery/mtasts"
 	"github.com/jetrelay/jetrelay/internal/testenv"
+	"github.com/rs/zerolog"
 )
 
 const enforce = "version: STSv1\r\nmode: enforce\r\nmx: *.a.test\r\nmax_age: 86400\r\n"
@@ -134,5 +138,107 @@ func TestCache(t *testing.T) {
 	srv.SetID("down.test", "x")
 	if l = c.Get(ctx, "down.test"); l.Policy != nil || l.Failure != mtasts.FailFetch {
 		t.Fatalf("policy host down: %+v", l)
+	}
+}
+
+// A policy host that accepts the connection and never answers costs one
+// fetch timeout, then the fetch fails as sts-policy-fetch-error.
+func TestFetchTimeout(t *testing.T) {
+	dns := testenv.NewDNS(t)
+	pki := testenv.NewPKI(t)
+	_, _, cert := pki.Issue(t, "slow", "mta-sts.slow.test")
+	release := make(chan struct{})
+	slow := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	slow.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	slow.StartTLS()
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) }) // runs first: no handler outlives the test
+	dns.SetAddr("mta-sts.slow.test", "127.0.0.1")
+	f := mtasts.NewFetcher(mtasts.FetcherOptions{RootCAs: pki.Pool, Resolver: resolver(dns.Addr),
+		Port: slow.Listener.Addr().(*net.TCPAddr).Port, Timeout: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds the test if the timeout did not
+	defer cancel()
+	p, err := f.Fetch(ctx, "slow.test")
+	var fe *mtasts.Error
+	if !errors.As(err, &fe) || fe.Failure != mtasts.FailFetch || ctx.Err() != nil {
+		t.Fatalf("Fetch = %+v, %v (test context: %v); want sts-policy-fetch-error by the fetch timeout", p, err, ctx.Err())
+	}
+}
+
+// A policy is used for its max_age and no longer: with the TXT id
+// unchanged, the lookup after it expires fetches the policy again.
+func TestCacheMaxAge(t *testing.T) {
+	dns := testenv.NewDNS(t)
+	srv := testenv.NewSTSServer(t, dns, nil, "a.test")
+	srv.Publish("a.test", "one", strings.Replace(enforce, "86400", "600", 1))
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	c := mtasts.NewCache(mtasts.CacheOptions{Fetcher: fetcher(srv, dns), Resolver: resolver(dns.Addr), Now: func() time.Time { return now }})
+	ctx := context.Background()
+	if l := c.Get(ctx, "a.test"); !l.Enforced() || l.Policy.MaxAge != 10*time.Minute || srv.Requests("a.test") != 1 {
+		t.Fatalf("first lookup: %+v, %d requests", l, srv.Requests("a.test"))
+	}
+	now = now.Add(10*time.Minute - time.Second)
+	if l := c.Get(ctx, "a.test"); l.Source != "memory" || srv.Requests("a.test") != 1 {
+		t.Fatalf("before max_age: %+v, %d requests", l, srv.Requests("a.test"))
+	}
+	now = now.Add(time.Second)
+	if l := c.Get(ctx, "a.test"); !l.Enforced() || l.Source != "fetched" || srv.Requests("a.test") != 2 {
+		t.Fatalf("at max_age: %+v, %d requests; want fetched again", l, srv.Requests("a.test"))
+	}
+	// Expired and the refresh fails: no policy applies any more.
+	srv.Serve("a.test", testenv.STSResponse{Status: http.StatusServiceUnavailable})
+	now = now.Add(10 * time.Minute)
+	if l := c.Get(ctx, "a.test"); l.Policy != nil || l.Failure != mtasts.FailFetch {
+		t.Fatalf("expired, refresh failed: %+v", l)
+	}
+}
+
+// Caches of two processes share the broker's MAILSTS bucket: what one
+// fetched the other uses without fetching, until the policy's max_age
+// runs out.
+func TestCacheSharedStore(t *testing.T) {
+	ctx := context.Background()
+	e, err := broker.StartEmbedded(broker.EmbeddedOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	cr := e.Credentials()
+	b, err := broker.Connect(ctx, broker.ConnectOptions{Name: "test", URLs: []string{cr.URL}, User: cr.User, Password: cr.Password}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	if err := b.Provision(ctx, broker.Settings{DedupeWindow: time.Minute, AckWait: 10 * time.Second, QueueShards: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	dns := testenv.NewDNS(t)
+	srv := testenv.NewSTSServer(t, dns, nil, "a.test")
+	srv.Publish("a.test", "one", enforce)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	newCache := func() *mtasts.Cache {
+		return mtasts.NewCache(mtasts.CacheOptions{Store: b, Fetcher: fetcher(srv, dns), Resolver: resolver(dns.Addr), Now: clock})
+	}
+	if l := newCache().Get(ctx, "a.test"); l.Source != "fetched" || l.StoreErr != nil || srv.Requests("a.test") != 1 {
+		t.Fatalf("first process: %+v, %d requests", l, srv.Requests("a.test"))
+	}
+	if rec, ok, err := b.LoadMTASTSPolicy(ctx, "a.test"); !ok || err != nil || rec.ID != "one" || !rec.Expires.Equal(rec.Fetched.Add(24*time.Hour)) {
+		t.Fatalf("stored: %+v %v %v", rec, ok, err)
+	}
+	other := newCache()
+	if l := other.Get(ctx, "a.test"); !l.Enforced() || l.Source != "store" || srv.Requests("a.test") != 1 {
+		t.Fatalf("second process: %+v, %d requests; want the stored policy", l, srv.Requests("a.test"))
+	}
+	// Past max_age the stored policy is not used: a third process fetches.
+	now = now.Add(25 * time.Hour)
+	if l := newCache().Get(ctx, "a.test"); l.Source != "fetched" || srv.Requests("a.test") != 2 {
+		t.Fatalf("after max_age: %+v, %d requests; want fetched again", l, srv.Requests("a.test"))
 	}
 }

@@ -161,3 +161,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseTXT: any set of records gives an id of 1 to 32 letters and
+// digits, or an error that is ErrNoRecord or ErrInvalid.
+func FuzzParseTXT(f *testing.F) {
+	f.Add("v=STSv1; id=20160831085700Z;", "v=spf1 -all")
+	f.Add("v=STSv1;id=", "")
+	f.Add("v=STSv1; id=a; id=b", "v=STSv1 ")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		id, err := ParseTXT([]string{a, b})
+		if err != nil {
+			if !errors.Is(err, ErrNoRecord) && !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v is neither ErrNoRecord nor ErrInvalid", err)
+			}
+			return
+		}
+		if len(id) < 1 || len(id) > 32 || strings.Trim(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != "" {
+			t.Fatalf("id %q", id)
+		}
+	})
+}
