@@ -60,9 +60,10 @@ type smtpConn struct {
 	written int64 // bytes written to the connection (before TLS)
 	broken  bool
 	lastUse time.Time
-	// stsOK: the connection met an MTA-STS policy (matching MX name, TLS
-	// with a certificate valid for it), so an enforce policy may reuse it.
-	stsOK bool
+	// stsMet: the MTA-STS policy the connection met (matching MX name,
+	// TLS with a certificate valid for it), as stsPolicy.key; only a
+	// delivery under that same policy may reuse it ("": none).
+	stsMet string
 }
 
 // dialSMTP connects and reads the greeting. With implicitTLS the TLS

@@ -64,9 +64,10 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	if c := t.pool.get(dest.Key); c != nil {
 		// A connection used a moment ago is alive; one that idled is
 		// checked with RSET first (the server may have timed it out).
-		// Under an enforce policy only a connection that met it will do.
+		// Under an enforce policy only a connection that met that very
+		// policy will do.
 		fresh := time.Since(c.lastUse) < time.Second
-		if pol.enforce() && !c.stsOK {
+		if pol.enforce() && c.stsMet != pol.key() {
 			c.quit()
 		} else if fresh || c.reset(ctx) == nil {
 			if t.transact(ctx, c, dest, env, rep, true) {

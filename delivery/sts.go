@@ -99,6 +99,10 @@ type stsPolicy struct {
 
 func (p *stsPolicy) enforce() bool { return p != nil && p.p.Mode == mtasts.ModeEnforce }
 
+// key names the policy a connection met: a changed policy (other mx
+// patterns) does not reuse a connection the old one allowed.
+func (p *stsPolicy) key() string { return p.domain + "\n" + p.p.Text }
+
 // lookup finds the policy of an MX destination (nil: none applies). A
 // policy that a domain publishes but that could not be had is counted
 // as a failed session for the domain's report.
@@ -258,7 +262,7 @@ func (t *smtpTransport) stsConnected(pol *stsPolicy, h hop, c *smtpConn, dest *D
 		_ = t.stsSession(pol, h, tlsrpt.ValidationFailure,
 			fmt.Errorf("MX host %s does not match the policy's mx patterns (%s)", h.name, strings.Join(pol.p.MX, ", ")), log)
 	default:
-		c.stsOK = true
+		c.stsMet = pol.key()
 		t.sts.record(pol, h, tlsrpt.Success, nil)
 	}
 }
