@@ -89,7 +89,7 @@ func (c *Client) SaveMTASTSPolicy(ctx context.Context, p contracts.MTASTSPolicy)
 	return nil
 }
 
-func tlsReportKey(day, domain string) string { return "r." + day + "." + kvToken(domain) }
+func tlsReportKey(day, domain string) string  { return "r." + day + "." + kvToken(domain) }
 func tlsWrittenKey(day, domain string) string { return "w." + day + "." + kvToken(domain) }
 
 // AddTLSReport adds counts to what the bucket holds for their day and

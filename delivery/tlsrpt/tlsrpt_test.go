@@ -97,6 +97,9 @@ func TestDailyReport(t *testing.T) {
 			Holder: holder, FlushInterval: time.Minute, Now: clock})
 	}
 	w1, w2 := worker("w1"), worker("w2")
+	if n, err := w1.WriteDue(ctx); n != 0 || err != nil {
+		t.Fatalf("empty bucket: %d written, %v", n, err)
+	}
 	for i := 0; i < 3; i++ {
 		w1.Record(session("a.test", tlsrpt.Success))
 	}
