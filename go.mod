@@ -3,6 +3,7 @@ module github.com/jetrelay/jetrelay
 go 1.26.8
 
 require (
+	github.com/emersion/go-msgauth v0.7.0
 	github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6
 	github.com/emersion/go-smtp v0.26.0
 	github.com/golang-jwt/jwt/v5 v5.3.1

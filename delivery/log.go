@@ -56,6 +56,7 @@ func (w *Worker) logAttempt(job *contracts.Job, groups []*group, p *plan, log ze
 			ev = ev.Str("folded", rep.Folded)
 			w.metrics.folded.WithLabelValues(rep.Folded).Inc()
 		}
+		ev = w.logDKIM(ev, rep.DKIM)
 		if result != contracts.ResultDelivered {
 			for _, rt := range p.outcome.Retries {
 				if len(rt.Rcpts) > 0 && w.router.destinationFor(job, rt.Rcpts[0].Domain()).Key == g.dest.Key {

@@ -9,6 +9,7 @@ type metrics struct {
 	tls        *prometheus.CounterVec
 	bytes      prometheus.Counter
 	folded     *prometheus.CounterVec
+	dkim       *prometheus.CounterVec
 }
 
 func (m *metrics) deadLetter(reason string) { m.dead.WithLabelValues(reason).Inc() }
@@ -37,9 +38,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "jetrelay_messages_folded_total",
 			Help: "Messages sent with lines made to fit 998 octets, by how: headers (header lines folded), broken (body lines broken), quoted_printable (a text body re-encoded).",
 		}, []string{"how"}),
+		dkim: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "jetrelay_dkim_signatures_total",
+			Help: "Messages the SMTP transport signed with DKIM, or did not, by signing domain (\"none\" when no key applied) and result: signed, no_key, error (sent unsigned).",
+		}, []string{"domain", "result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.latency, m.dead, m.bytes, m.folded)
+		reg.MustRegister(m.deliveries, m.latency, m.dead, m.bytes, m.folded, m.dkim)
 		// The TLS counter is shared with the ingress in one process.
 		if err := reg.Register(m.tls); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {

@@ -72,6 +72,9 @@ type Route struct {
 	Transport Transport
 	// Limit spreads the route's mail out (shared by every worker).
 	Limit RateLimit
+	// DKIMDomain is the domain whose DKIM key signs a message sent this
+	// way when its From domain has no key ("": the worker's fallback).
+	DKIMDomain string
 }
 
 // authenticates reports whether the route has credentials.

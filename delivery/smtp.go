@@ -344,6 +344,9 @@ type envelope struct {
 	// it tells the lineFolder what the body needs.
 	maxLine int
 	body    func() (io.ReadCloser, error) // opened only once DATA is accepted
+	// prefix goes before the body: the DKIM-Signature field, computed on
+	// the folded message (dkimSignature).
+	prefix []byte
 }
 
 // txResult is what a transaction did.
@@ -548,6 +551,12 @@ func (c *smtpConn) writeBody(ctx context.Context, env *envelope) (*contracts.Rep
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	dw := &dotWriter{w: c.bw, bol: true}
+	if len(env.prefix) > 0 {
+		if _, err := dw.Write(env.prefix); err != nil {
+			c.close()
+			return nil, "", err
+		}
+	}
 	fw := newLineFolder(dw, env.maxLine)
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)

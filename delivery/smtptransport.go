@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/delivery/dkim"
 	"github.com/jetrelay/jetrelay/delivery/tlsrpt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -30,6 +31,7 @@ type smtpTransport struct {
 	rootCAs  *x509.CertPool
 	tlsOut   *prometheus.CounterVec
 	log      zerolog.Logger
+	dkim     *dkim.Signer // nil: no signing
 	// sts applies MTA-STS to MX destinations (nil: off; sts.go).
 	sts *sts
 }
@@ -52,13 +54,25 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 		rep.fill(Result{Err: errBackedOff{why}, Stage: "connect"})
 		return rep
 	}
+	// DKIM: the message is read once to be signed, before a connection
+	// is taken, and the signature goes in front of what is sent.
+	sigField, signed, err := dkimSignature(t.dkim, req.Body, req.Job.Body.MaxLine, dest.DKIMDomain)
+	rep.DKIM = signed
+	if err != nil {
+		rep.fill(Result{Err: err, Stage: "body"})
+		return rep
+	}
+	if signed.Err != nil {
+		log.Error().Err(signed.Err).Msg("DKIM signing failed: the message goes out unsigned")
+	}
 	release, err := t.pool.acquire(ctx, dest.Key)
 	if err != nil {
 		rep.fill(Result{Err: err, Stage: "connect"})
 		return rep
 	}
 	defer release()
-	env := &envelope{from: req.Job.From, params: req.Job.Params, rcpts: req.Rcpts, size: req.Job.Body.Size, maxLine: req.Job.Body.MaxLine, body: req.Body}
+	env := &envelope{from: req.Job.From, params: req.Job.Params, rcpts: req.Rcpts, size: req.Job.Body.Size + int64(len(sigField)),
+		maxLine: req.Job.Body.MaxLine, body: req.Body, prefix: sigField}
 
 	// A cached connection first.
 	if c := t.pool.get(dest.Key); c != nil {

@@ -44,6 +44,8 @@ type Report struct {
 	// Folded says how lines longer than 998 octets were made to fit
 	// ("headers", "broken", "quoted_printable"; "" none were).
 	Folded string
+	// DKIM says whether and with which key the message was signed.
+	DKIM DKIMResult
 	// ReportsSuccess: the next hop sends success notifications itself
 	// (SMTP's DSN extension), so jetrelay does not.
 	ReportsSuccess bool

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jetrelay/jetrelay/broker"
+	"github.com/jetrelay/jetrelay/delivery/dkim"
 	"github.com/jetrelay/jetrelay/delivery/mtasts"
 	"github.com/jetrelay/jetrelay/delivery/tlsrpt"
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +48,9 @@ type Options struct {
 	// (workers crashing on it) is dead-lettered.
 	PoisonDeliveries int
 	// RootCAs verifies next hops (nil: the system pool).
-	RootCAs    *x509.CertPool
+	RootCAs *x509.CertPool
+	// DKIM signs what the SMTP transport sends (nil: nothing is signed).
+	DKIM       *dkim.Signer
 	Registerer prometheus.Registerer
 	// MTASTS applies MTA-STS policies to direct MX delivery and counts
 	// the sessions for TLS reports (sts.go).
@@ -142,7 +145,8 @@ func New(b *broker.Client, router *Router, opts Options, log zerolog.Logger) *Wo
 		smtp: &smtpTransport{
 			hostname: opts.Hostname, router: router, pool: p,
 			dialer:   &net.Dialer{Timeout: opts.Timeouts.Connect, KeepAlive: 30 * time.Second},
-			timeouts: opts.Timeouts, rootCAs: opts.RootCAs, tlsOut: m.tls, log: log, sts: st,
+			timeouts: opts.Timeouts, rootCAs: opts.RootCAs, tlsOut: m.tls, log: log,
+			dkim: opts.DKIM, sts: st,
 		},
 		opts:    opts,
 		log:     log,

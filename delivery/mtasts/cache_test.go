@@ -130,7 +130,7 @@ func TestCache(t *testing.T) {
 	if l = c.Get(ctx, "nothing.test"); l.Policy != nil || l.Failure != "" {
 		t.Fatalf("no TXT: %+v", l)
 	}
-	dns.SetTXT("_mta-sts.bad.test", "v=STSv1; id=a", "v=STSv1; id=b")
+	dns.SetTXT("_mta-sts.bad.test", []string{"v=STSv1; id=a"}, []string{"v=STSv1; id=b"})
 	if l = c.Get(ctx, "bad.test"); l.Policy != nil || l.Failure != mtasts.FailInvalid {
 		t.Fatalf("two TXT records: %+v", l)
 	}

@@ -219,6 +219,10 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 	for i, d := range dc.Retry.Schedule {
 		sched[i] = d.D()
 	}
+	signer, err := DKIMSigner(cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	to := o.Timeouts
 	if to == (delivery.Timeouts{}) {
 		to = delivery.DefaultTimeouts()
@@ -243,6 +247,7 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		DestinationBackoff:       dc.DestinationBackoff.D(),
 		ShutdownGrace:            dc.ShutdownGrace.D(),
 		RootCAs:                  o.RootCAs,
+		DKIM:                     signer,
 		Registerer:               reg,
 		MTASTS:                   sts,
 	}, log), nil
@@ -309,7 +314,7 @@ func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.
 func RouteOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
 	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
 		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
-			Connections: r.RateLimit.Connections}}
+			Connections: r.RateLimit.Connections}, DKIMDomain: r.DKIMDomain}
 	if r.Host != "" {
 		rt.Hosts = append(rt.Hosts, r.Host)
 	}

@@ -37,7 +37,7 @@ func (c *Config) warnings() []string {
 			}
 		}
 	}
-	return out
+	return append(out, c.dkimWarnings()...)
 }
 
 // notes say how a setting is read where that is not obvious.

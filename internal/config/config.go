@@ -17,6 +17,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery"
+	"github.com/jetrelay/jetrelay/delivery/dkim"
 	"github.com/jetrelay/jetrelay/ingress"
 )
 
@@ -256,9 +257,44 @@ type Delivery struct {
 	DestinationBackoff Duration `yaml:"destination_backoff"`
 	// ShutdownGrace lets attempts in flight finish on SIGTERM.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// DKIM signs outgoing mail (SMTP transport; not Graph).
+	DKIM DKIM `yaml:"dkim"`
+	// SmarthostDKIMDomain is the domain whose DKIM key signs mail through
+	// the smart host when its From domain has no key of its own.
+	SmarthostDKIMDomain string `yaml:"smarthost_dkim_domain"`
 	// MTASTS is MTA-STS (RFC 8461) for direct MX delivery and TLS
 	// reporting (RFC 8460).
 	MTASTS MTASTS `yaml:"mta_sts"`
+}
+
+// DKIM signs what delivery sends over SMTP (RFC 6376; RSA-SHA256 and
+// Ed25519-SHA256): each message with the key of its From header's
+// domain (or of the closest parent domain that has one), else the
+// route's dkim_domain, else FallbackDomain; without any, unsigned.
+// Microsoft Graph builds and signs its messages itself: Graph routes are
+// never signed.
+type DKIM struct {
+	// Domains maps a signing domain (d=) to its key.
+	Domains map[string]DKIMKey `yaml:"domains"`
+	// Headers are the header fields to sign, From first; a name listed
+	// twice is over-signed (a second one added later breaks the
+	// signature).
+	Headers StringList `yaml:"headers"`
+	// FallbackDomain signs mail whose From domain has no key and whose
+	// route names no dkim_domain ("": such mail goes unsigned).
+	FallbackDomain string `yaml:"fallback_domain"`
+}
+
+// DKIMKey is one domain's signing key.
+type DKIMKey struct {
+	// Selector is where the public key is published:
+	// <selector>._domainkey.<domain>.
+	Selector string `yaml:"selector"`
+	// KeyFile is the private key, PEM (PKCS#8 as `jetrelay dkim keygen`
+	// writes it, or PKCS#1 from opendkim-genkey), readable by jetrelay only.
+	KeyFile string `yaml:"key_file"`
+	// Type, when set (rsa or ed25519), must be the key file's type.
+	Type string `yaml:"type"`
 }
 
 // MTASTS configures MTA-STS for direct MX delivery (never for the smart
@@ -313,6 +349,9 @@ type Route struct {
 	OAuth     OAuth     `yaml:"oauth"`
 	Graph     Graph     `yaml:"graph"`
 	RateLimit RateLimit `yaml:"rate_limit"`
+	// DKIMDomain is the domain whose DKIM key signs mail on this route
+	// when its From domain has no key of its own.
+	DKIMDomain string `yaml:"dkim_domain"`
 }
 
 // OAuth is an app-only OAuth 2.0 credential for a smart host or route.
@@ -385,6 +424,7 @@ func (d Delivery) SmarthostRoute() Route {
 		TLSCAFile: d.SmarthostTLSCAFile, TLSCertFile: d.SmarthostTLSCertFile, TLSKeyFile: d.SmarthostTLSKeyFile,
 		TLSServerName: d.SmarthostTLSServerName, Transport: d.SmarthostTransport,
 		OAuth: d.SmarthostOAuth, Graph: d.SmarthostGraph, RateLimit: d.SmarthostRateLimit,
+		DKIMDomain: d.SmarthostDKIMDomain,
 	}
 }
 
@@ -494,6 +534,7 @@ func Default() *Config {
 			IdleTimeout:              Duration(d.IdleTimeout),
 			DestinationBackoff:       Duration(d.DestinationBackoff),
 			ShutdownGrace:            Duration(d.ShutdownGrace),
+			DKIM:                     DKIM{Headers: StringList(dkim.DefaultHeaders())},
 			Retry: Retry{
 				Schedule: schedule,
 				MaxAge:   Duration(d.MaxAge),

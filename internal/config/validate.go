@@ -245,6 +245,7 @@ func (c *Config) Validate() error {
 		add("delivery.max_per_destination", "must be at least 1")
 	}
 	positive(add, "delivery.connect_timeout", c.Delivery.ConnectTimeout)
+	c.validateDKIM(add)
 	validateMTASTS(add, c.Delivery.MTASTS)
 
 	if c.DeadLetter.Retention.D() < time.Second {

@@ -37,7 +37,11 @@ type composeService struct {
 		Condition string `yaml:"condition"`
 	} `yaml:"depends_on"`
 	Healthcheck *struct {
-		Test []string `yaml:"test"`
+		Test        []string `yaml:"test"`
+		Interval    string   `yaml:"interval"`
+		Timeout     string   `yaml:"timeout"`
+		Retries     int      `yaml:"retries"`
+		StartPeriod string   `yaml:"start_period"`
 	} `yaml:"healthcheck"`
 	StopGracePeriod string   `yaml:"stop_grace_period"`
 	StopSignal      string   `yaml:"stop_signal"`

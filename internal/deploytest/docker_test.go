@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jetrelay/jetrelay/internal/cli"
 )
@@ -119,7 +120,7 @@ func TestDockerfile(t *testing.T) {
 		t.Error(err)
 	}
 
-	var user, entrypoint, cmd string
+	var user, entrypoint, cmd, healthcheck string
 	var exposed, volumes []string
 	copies := map[string]string{} // context source → destination, final stage
 	for _, in := range final {
@@ -135,9 +136,7 @@ func TestDockerfile(t *testing.T) {
 		case "VOLUME":
 			volumes = append(volumes, execForm(t, "VOLUME", in.args)...)
 		case "HEALTHCHECK":
-			if !strings.EqualFold(in.args, "NONE") {
-				t.Error("HEALTHCHECK: distroless has no shell or HTTP client to run it; probe /healthz from the orchestrator")
-			}
+			healthcheck = in.args
 		case "COPY":
 			f := strings.Fields(in.args)
 			if !strings.HasPrefix(f[0], "--from") && !strings.HasPrefix(f[len(f)-2], "--") {
@@ -190,6 +189,28 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !slices.Contains(volumes, cfg.DataDir) {
 		t.Errorf("data_dir %s is not the VOLUME %v", cfg.DataDir, volumes)
+	}
+
+	// The health check runs the binary itself (the image has no shell or
+	// HTTP client) with the configuration CMD names, and works: against
+	// that file it asks /readyz, and fails when that does.
+	if healthcheck == "" || strings.EqualFold(healthcheck, "NONE") {
+		t.Error("no HEALTHCHECK: want CMD [\"/jetrelay\", \"healthcheck\", \"--ready\", …]")
+	} else {
+		h := parseDockerHealthcheck(t, healthcheck)
+		if len(h.cmd) > 0 && h.cmd[0] != execForm(t, "ENTRYPOINT", entrypoint)[0] {
+			t.Errorf("HEALTHCHECK %v: want the ENTRYPOINT's binary", h.cmd)
+		}
+		if got, runs := flagValue(h.cmd, "--config"), flagValue(c, "--config"); got != runs {
+			t.Errorf("HEALTHCHECK --config %s: CMD runs with %s", got, runs)
+		}
+		probe := checkJetrelayHealthcheck(t, "HEALTHCHECK", h.cmd, filepath.Join(root, filepath.FromSlash(src)), nil)
+		if h.timeout <= probe {
+			t.Errorf("HEALTHCHECK --timeout=%s: want it longer than the probe's --timeout %s (Docker's kill says nothing)", h.timeout, probe)
+		}
+		if h.startPeriod < 2*time.Minute || h.interval <= 0 || h.retries < 1 {
+			t.Errorf("HEALTHCHECK --start-period=%s --interval=%s --retries=%d: want a start period of at least 2m (provisioning on a cold cluster), an interval and retries", h.startPeriod, h.interval, h.retries)
+		}
 	}
 
 	// The build context after Dockerfile.dockerignore still has what the

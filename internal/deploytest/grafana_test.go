@@ -29,6 +29,7 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_outbound_auth_ok":              false,
 	"jetrelay_outbound_auth_failures_total":  false,
 	"jetrelay_messages_folded_total":         false,
+	"jetrelay_dkim_signatures_total":         false,
 	"jetrelay_queue_ready":                   false,
 	"jetrelay_queue_in_flight":               false,
 	"jetrelay_queue_scheduled_retries":       false,

@@ -177,23 +177,36 @@ func k8sManifests(t *testing.T) (kustomization, []k8sObject) {
 	decodeYAMLInto(t, deployPath(t, "kubernetes", kustomizeFile), &k)
 	var objs []k8sObject
 	for _, res := range k.Resources {
-		data := readFile(t, deployPath(t, "kubernetes", filepath.FromSlash(res)))
-		docs, err := yamlDocs(data)
-		if err != nil {
-			t.Fatalf("%s: %v", res, err)
-		}
-		for _, d := range docs {
-			b, _ := yaml.Marshal(d)
-			var o k8sObject
-			if err := yaml.Unmarshal(b, &o); err != nil {
-				t.Fatalf("%s: %v", res, err)
-			}
-			o.file = res
-			objs = append(objs, o)
-		}
+		objs = append(objs, k8sFileObjects(t, res)...)
 	}
 	return k, objs
 }
+
+// k8sFileObjects loads the objects of one manifest of deploy/kubernetes.
+func k8sFileObjects(t *testing.T, res string) []k8sObject {
+	t.Helper()
+	data := readFile(t, deployPath(t, "kubernetes", filepath.FromSlash(res)))
+	docs, err := yamlDocs(data)
+	if err != nil {
+		t.Fatalf("%s: %v", res, err)
+	}
+	var objs []k8sObject
+	for _, d := range docs {
+		b, _ := yaml.Marshal(d)
+		var o k8sObject
+		if err := yaml.Unmarshal(b, &o); err != nil {
+			t.Fatalf("%s: %v", res, err)
+		}
+		o.file = res
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+// k8sAlternatives are manifests used instead of one the kustomization
+// lists, never with it: the CPU-only HPA for clusters without KEDA, in
+// place of the ScaledObject (two HPAs on one Deployment fight).
+var k8sAlternatives = map[string]string{"delivery-hpa.yaml": "delivery-scaledobject.yaml"}
 
 func findObject(t *testing.T, objs []k8sObject, kind, name string) k8sObject {
 	t.Helper()
@@ -228,6 +241,12 @@ func TestKubernetesManifestsWellFormed(t *testing.T) {
 	files, _ := filepath.Glob(deployPath(t, "kubernetes", "*.yaml"))
 	for _, f := range files {
 		base := filepath.Base(f)
+		if alt, ok := k8sAlternatives[base]; ok {
+			if slices.Contains(k.Resources, base) == slices.Contains(k.Resources, alt) {
+				t.Errorf("kustomization.yaml resources: want either %s or %s, not both or neither", alt, base)
+			}
+			continue
+		}
 		if base != kustomizeFile && base != natsValues && !slices.Contains(k.Resources, base) {
 			t.Errorf("%s is not listed in kustomization.yaml resources", base)
 		}
@@ -253,7 +272,7 @@ func TestKubernetesManifestsWellFormed(t *testing.T) {
 		}
 	}
 	for _, id := range []string{"Namespace/" + k8sNamespace, "ConfigMap/" + k8sConfigMap, "Secret/" + k8sSecret,
-		"Deployment/" + k8sIngress, "Deployment/" + k8sDelivery, "HorizontalPodAutoscaler/" + k8sDelivery} {
+		"Deployment/" + k8sIngress, "Deployment/" + k8sDelivery, "ScaledObject/" + k8sDelivery} {
 		if !seen[id] {
 			t.Errorf("%s missing", id)
 		}
@@ -433,7 +452,7 @@ func TestKubernetesDeployments(t *testing.T) {
 				}
 			case "delivery":
 				if spec.Replicas != nil {
-					t.Error("the HPA owns the delivery replicas: spec.replicas must be absent")
+					t.Error("the autoscaler owns the delivery replicas: spec.replicas must be absent")
 				}
 				if _, ok := env["JETRELAY_DELIVERY_SMARTHOST_PASSWORD"]; !ok {
 					t.Error("want JETRELAY_DELIVERY_SMARTHOST_PASSWORD from the Secret")
@@ -499,7 +518,8 @@ func TestKubernetesServiceAndHPA(t *testing.T) {
 		t.Errorf("want Service port 25 → the ingress's %s", cfg.Ingress.Listen[0])
 	}
 
-	hpaObj := findObject(t, objs, "HorizontalPodAutoscaler", k8sDelivery)
+	// The CPU-only HPA, the alternative for clusters without KEDA.
+	hpaObj := findObject(t, k8sFileObjects(t, "delivery-hpa.yaml"), "HorizontalPodAutoscaler", k8sDelivery)
 	if hpaObj.APIVersion != "autoscaling/v2" {
 		t.Errorf("HPA apiVersion %q: want autoscaling/v2", hpaObj.APIVersion)
 	}

@@ -20,14 +20,14 @@ type DNS struct {
 	addrs    map[string][]net.IP
 	servfail map[string]bool
 	known    map[string]bool
-	txt      map[string][]string
+	txt      map[string][][]string
 	udp, tcp *dns.Server
 }
 
 // NewDNS starts the server; it stops when the test ends.
 func NewDNS(t testing.TB) *DNS {
 	t.Helper()
-	d := &DNS{mx: map[string][]*dns.MX{}, addrs: map[string][]net.IP{}, servfail: map[string]bool{}, known: map[string]bool{}, txt: map[string][]string{}}
+	d := &DNS{mx: map[string][]*dns.MX{}, addrs: map[string][]net.IP{}, servfail: map[string]bool{}, known: map[string]bool{}, txt: map[string][][]string{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,9 +96,10 @@ func (d *DNS) SetAddr(name string, ips ...string) {
 	d.known[fqdn(name)] = true
 }
 
-// SetTXT sets the TXT records of a name, one string each (none: the
-// name has no TXT records).
-func (d *DNS) SetTXT(name string, records ...string) {
+// SetTXT sets the TXT records of a name: one record per argument, each
+// record its character-strings (a DKIM RSA key needs several, of at most
+// 255 octets each).
+func (d *DNS) SetTXT(name string, records ...[]string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.txt[fqdn(name)] = records
@@ -139,8 +140,8 @@ func (d *DNS) serve(w dns.ResponseWriter, r *dns.Msg) {
 				m.Answer = append(m.Answer, rr)
 			}
 		case dns.TypeTXT:
-			for _, txt := range d.txt[name] {
-				m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60}, Txt: splitTXT(txt)})
+			for _, strs := range d.txt[name] {
+				m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60}, Txt: strs})
 			}
 		case dns.TypeA, dns.TypeAAAA:
 			for _, ip := range d.addrs[name] {
@@ -161,15 +162,4 @@ func (d *DNS) serve(w dns.ResponseWriter, r *dns.Msg) {
 func soa(name string) dns.RR {
 	return &dns.SOA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60},
 		Ns: "ns.test.", Mbox: "hostmaster.test.", Serial: 1, Refresh: 60, Retry: 60, Expire: 60, Minttl: 60}
-}
-
-// splitTXT cuts a TXT record into character-strings of at most 255
-// bytes, as a record longer than that is published.
-func splitTXT(s string) []string {
-	var out []string
-	for len(s) > 255 {
-		out = append(out, s[:255])
-		s = s[255:]
-	}
-	return append(out, s)
 }

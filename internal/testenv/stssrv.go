@@ -81,7 +81,7 @@ func (s *STSServer) Serve(domain string, r STSResponse) {
 
 // SetID publishes the TXT record "v=STSv1; id=<id>;".
 func (s *STSServer) SetID(domain, id string) {
-	s.dns.SetTXT("_mta-sts."+domain, "v=STSv1; id="+id+";")
+	s.dns.SetTXT("_mta-sts."+domain, []string{"v=STSv1; id=" + id + ";"})
 }
 
 // Requests counts the policy requests for domain so far.
