@@ -126,6 +126,9 @@ type Client struct {
 	rates  jetstream.KeyValue
 	authMu sync.Mutex
 	auths  jetstream.KeyValue // AUTH lockouts (authlock.go), found on first use without Provision
+	// sts and tlsrpt: the MTA-STS policies and TLS reporting counts
+	// (tls.go); nil in a process that did not provision (the CLI).
+	sts, tlsrpt jetstream.KeyValue
 	// outcomes: the MAILDONE bucket exists (outcomes.go).
 	outcomes bool
 	maxData  int // largest inline body that fits a message with its envelope

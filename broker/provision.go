@@ -348,6 +348,14 @@ func (c *Client) provision(ctx context.Context, s Settings) error {
 			}
 			return err
 		}},
+		{"key-value " + contracts.BucketMTASTS, func(ctx context.Context) (err error) {
+			c.sts, err = c.ensureKeyValue(ctx, mtastsKeyValueConfig(s))
+			return err
+		}},
+		{"key-value " + contracts.BucketTLSReports, func(ctx context.Context) (err error) {
+			c.tlsrpt, err = c.ensureKeyValue(ctx, tlsReportKeyValueConfig(s))
+			return err
+		}},
 	}...)
 	for _, st := range steps {
 		if err := retryTransient(ctx, c, st.what, st.do); err != nil {

@@ -38,6 +38,16 @@ const (
 	// attempts and lockouts, per client address and per user, shared by
 	// every ingress.
 	BucketAuth = "MAILAUTH"
+	// BucketMTASTS is the key-value bucket of the MTA-STS policies
+	// (RFC 8461) of recipient domains, one [MTASTSPolicy] per domain,
+	// shared by every worker and kept across restarts until the policy's
+	// max_age runs out.
+	BucketMTASTS = "MAILSTS"
+	// BucketTLSReports is the key-value bucket of the TLS reporting
+	// counts (RFC 8460): one [TLSReportCounts] per UTC day and policy
+	// domain, which every worker adds to, and a marker per report
+	// written.
+	BucketTLSReports = "MAILTLSRPT"
 	// ConsumerDelivery is the durable pull consumer that all delivery
 	// workers share.
 	ConsumerDelivery = "delivery"

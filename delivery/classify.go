@@ -204,6 +204,7 @@ func classify(r Result, host string) Verdict {
 	var ae *AuthError
 	var oe *oauth.Error
 	var te *tlsError
+	var se *stsError
 	var pa errPlainAuth
 	var na errNoAuthMechanism
 	var bo errBackedOff
@@ -249,6 +250,11 @@ func classify(r Result, host string) Verdict {
 			return v
 		}
 		return temp("4.3.0", "could not read the message body: "+err.Error())
+	case errors.As(err, &se):
+		// The recipient domain's MTA-STS policy (enforce) is not met: no
+		// allowed MX host, or no valid TLS with it. Temporary: the domain
+		// or its hosts may be fixed, and the policy says to wait.
+		return temp("4.7.5", se.Error())
 	case errors.As(err, &te):
 		return temp("4.7.5", te.Error())
 	case errors.As(err, &pa):

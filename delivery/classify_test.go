@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -81,6 +82,9 @@ func TestClassifyFunnel(t *testing.T) {
 		{"TLS required, not offered", Result{Err: &tlsError{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "does not offer STARTTLS", false, time.Time{}, false},
 		{"TLS required, handshake failed", Result{Err: &tlsError{host: "mx.example", offered: true, err: fmt.Errorf("%w: x509: unknown authority", errTLSFailed)}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "unknown authority", false, time.Time{}, false},
 		{"implicit TLS handshake failed", Result{Err: fmt.Errorf("%w: remote error", errTLSFailed), Stage: "connect"}, Deferred, 451, "4.7.5", "", "remote error", false, time.Time{}, false},
+		{"MTA-STS: no MX host matches", Result{Err: &stsError{domain: "a.example", result: "validation-failure", err: errors.New("no MX host (mx.evil.example) matches the policy's mx patterns (*.a.example)")}, Stage: "route"}, Deferred, 451, "4.7.5", "", "MTA-STS policy of a.example (enforce) not met: no MX host (mx.evil.example) matches", false, time.Time{}, false},
+		{"MTA-STS: no STARTTLS", Result{Err: &stsError{domain: "a.example", host: "mx.a.example", result: "starttls-not-supported", err: &tlsError{host: "mx.a.example"}}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "MTA-STS policy of a.example (enforce) not met by mx.a.example: TLS is required but mx.a.example does not offer STARTTLS (starttls-not-supported)", false, time.Time{}, false},
+		{"MTA-STS: certificate for another name", Result{Err: &stsError{domain: "a.example", host: "mx.a.example", result: "certificate-host-mismatch", err: &tlsError{host: "mx.a.example", offered: true, err: fmt.Errorf("%w: %w", errTLSFailed, x509.HostnameError{Host: "mx.a.example", Certificate: &x509.Certificate{}})}}, Stage: "connect"}, Deferred, 451, "4.7.5", "", "(certificate-host-mismatch)", false, time.Time{}, false},
 		{"credentials over plaintext", Result{Err: errPlainAuth{host: "mx.example"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "allow_plain_auth", false, time.Time{}, true},
 		{"no AUTH mechanism", Result{Err: errNoAuthMechanism{host: "mx.example", offered: "CRAM-MD5"}, Stage: "connect"}, Deferred, 451, "4.7.0", "", "CRAM-MD5", false, time.Time{}, true},
 		// connections

@@ -60,6 +60,10 @@ type smtpConn struct {
 	written int64 // bytes written to the connection (before TLS)
 	broken  bool
 	lastUse time.Time
+	// stsMet: the MTA-STS policy the connection met (matching MX name,
+	// TLS with a certificate valid for it), as stsPolicy.key; only a
+	// delivery under that same policy may reuse it ("": none).
+	stsMet string
 }
 
 // dialSMTP connects and reads the greeting. With implicitTLS the TLS
@@ -110,7 +114,7 @@ func (c *smtpConn) handshake(ctx context.Context, cfg *tls.Config) error {
 	hctx, cancel := context.WithTimeout(ctx, c.to.Connect)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
-		return fmt.Errorf("%w: %v", errTLSFailed, err)
+		return fmt.Errorf("%w: %w", errTLSFailed, err)
 	}
 	st := tc.ConnectionState()
 	c.tlsDesc = tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite)

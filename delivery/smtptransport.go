@@ -11,6 +11,7 @@ import (
 
 	"github.com/jetrelay/jetrelay/contracts"
 	"github.com/jetrelay/jetrelay/delivery/dkim"
+	"github.com/jetrelay/jetrelay/delivery/tlsrpt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -31,6 +32,8 @@ type smtpTransport struct {
 	tlsOut   *prometheus.CounterVec
 	log      zerolog.Logger
 	dkim     *dkim.Signer // nil: no signing
+	// sts applies MTA-STS to MX destinations (nil: off; sts.go).
+	sts *sts
 }
 
 var _ Transport = (*smtpTransport)(nil)
@@ -39,11 +42,18 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	rep := &Report{Results: make([]Result, len(req.Rcpts)), Start: time.Now()}
 	defer func() { rep.Duration = time.Since(rep.Start) }()
 	dest := req.Dest
+	log := t.log.With().Str("msg_id", req.Job.QueueID).Str("domain", dest.Domain).Logger()
+	var pol *stsPolicy
+	if dest.Kind == "mx" && t.sts != nil && !strings.HasPrefix(dest.Domain, "[") {
+		pol = t.sts.lookup(ctx, dest.Domain, log)
+		if pol.enforce() {
+			dest = t.sts.tighten(dest)
+		}
+	}
 	if why, dead := t.pool.isDead(dest.Key); dead {
 		rep.fill(Result{Err: errBackedOff{why}, Stage: "connect"})
 		return rep
 	}
-	log := t.log.With().Str("msg_id", req.Job.QueueID).Str("domain", dest.Domain).Logger()
 	// DKIM: the message is read once to be signed, before a connection
 	// is taken, and the signature goes in front of what is sent.
 	sigField, signed, err := dkimSignature(t.dkim, req.Body, req.Job.Body.MaxLine, dest.DKIMDomain)
@@ -68,8 +78,12 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	if c := t.pool.get(dest.Key); c != nil {
 		// A connection used a moment ago is alive; one that idled is
 		// checked with RSET first (the server may have timed it out).
+		// Under an enforce policy only a connection that met that very
+		// policy will do.
 		fresh := time.Since(c.lastUse) < time.Second
-		if fresh || c.reset(ctx) == nil {
+		if pol.enforce() && c.stsMet != pol.key() {
+			c.quit()
+		} else if fresh || c.reset(ctx) == nil {
 			if t.transact(ctx, c, dest, env, rep, true) {
 				return rep
 			}
@@ -79,6 +93,9 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	}
 
 	hops, err := t.router.hops(ctx, dest)
+	if err == nil && pol.enforce() {
+		hops, err = t.sts.filterMX(pol, hops, log)
+	}
 	if err != nil {
 		rep.fill(Result{Err: err, Stage: "route"})
 		return rep
@@ -86,7 +103,7 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 	last := Result{Err: errors.New("no host could be reached"), Stage: "connect"}
 	for _, h := range hops {
 		rep.Tried = append(rep.Tried, h.name+" ["+h.addr+"]")
-		c, err := t.connect(ctx, dest, h, log)
+		c, err := t.connect(ctx, dest, h, pol, log)
 		if c == nil {
 			rep.Host, rep.IP = h.name, h.addr
 			last = Result{Err: err, Stage: "connect"}
@@ -171,10 +188,23 @@ func anyAccepted(tx *txResult) bool {
 
 // connect dials one hop, reads the greeting, says EHLO, applies the TLS
 // policy and authenticates.
-func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, log zerolog.Logger) (*smtpConn, error) {
+func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, pol *stsPolicy, log zerolog.Logger) (*smtpConn, error) {
 	tlsCfg := t.tlsConfig(dest, h.name)
+	// Under a testing policy the certificate is checked as the policy
+	// would, without changing what the TLS policy accepts.
+	var certErr error
+	if pol != nil && !pol.enforce() {
+		roots := t.sts.roots
+		tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			certErr = verifyCert(cs, h.name, roots)
+			return nil
+		}
+	}
 	c, err := dialSMTP(ctx, t.dialer, h.name, h.addr, dest.TLS == TLSImplicit, tlsCfg, t.timeouts)
 	if err != nil {
+		if pol != nil && errors.Is(err, errTLSFailed) {
+			return nil, t.stsSession(pol, h, tlsResult(err), err, log)
+		}
 		return nil, err
 	}
 	if err := c.hello(ctx, t.hostname); err != nil {
@@ -185,17 +215,31 @@ func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, l
 	case TLSRequired:
 		if !c.has("STARTTLS") {
 			c.quit()
-			return nil, &tlsError{host: h.name}
+			err := &tlsError{host: h.name}
+			if pol != nil {
+				return nil, t.stsSession(pol, h, tlsrpt.StartTLSNotSupported, err, log)
+			}
+			return nil, err
 		}
 		if err := t.upgrade(ctx, c, tlsCfg); err != nil {
 			c.close()
-			return nil, &tlsError{host: h.name, offered: true, err: err}
+			err := &tlsError{host: h.name, offered: true, err: err}
+			if pol != nil {
+				return nil, t.stsSession(pol, h, tlsResult(err), err, log)
+			}
+			return nil, err
 		}
 	case TLSOpportunistic:
+		if !c.has("STARTTLS") && pol != nil {
+			_ = t.stsSession(pol, h, tlsrpt.StartTLSNotSupported, errors.New(h.name+" does not offer STARTTLS"), log)
+		}
 		if c.has("STARTTLS") {
 			if err := t.upgrade(ctx, c, tlsCfg); err != nil {
 				// Opportunistic: TLS did not work, so talk in plaintext.
 				c.close()
+				if pol != nil {
+					_ = t.stsSession(pol, h, tlsResult(err), err, log)
+				}
 				log.Info().Str("host", h.name).Err(err).Msg("STARTTLS failed, reconnecting without TLS (opportunistic policy)")
 				c, err = dialSMTP(ctx, t.dialer, h.name, h.addr, false, nil, t.timeouts)
 				if err != nil {
@@ -210,6 +254,9 @@ func (t *smtpTransport) connect(ctx context.Context, dest *Destination, h hop, l
 	}
 	if c.tlsDesc != "" && t.tlsOut != nil {
 		t.tlsOut.WithLabelValues("out", strings.Fields(c.tlsDesc)[0]).Inc()
+	}
+	if pol != nil {
+		t.stsConnected(pol, h, c, dest, certErr, log)
 	}
 	if dest.authenticates() {
 		if c.tlsDesc == "" && !dest.AllowPlainAuth {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery/dkim"
+	"github.com/jetrelay/jetrelay/delivery/mtasts"
+	"github.com/jetrelay/jetrelay/delivery/tlsrpt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -50,6 +52,9 @@ type Options struct {
 	// DKIM signs what the SMTP transport sends (nil: nothing is signed).
 	DKIM       *dkim.Signer
 	Registerer prometheus.Registerer
+	// MTASTS applies MTA-STS policies to direct MX delivery and counts
+	// the sessions for TLS reports (sts.go).
+	MTASTS MTASTSOptions
 }
 
 // DefaultOptions are the defaults of every option; the configuration's
@@ -69,6 +74,11 @@ func DefaultOptions() Options {
 		DestinationBackoff:       time.Minute,
 		ShutdownGrace:            30 * time.Second,
 		PoisonDeliveries:         10,
+		// MTA-STS is on by default for direct MX delivery, as in KumoMTA
+		// and maddy: only domains that publish a policy are affected, and
+		// they ask for it.
+		MTASTS: MTASTSOptions{Enabled: true, HTTPSPort: 443, FetchTimeout: mtasts.DefaultFetchTimeout,
+			MaxReportDomains: 100, ReportFlushInterval: tlsrpt.DefaultFlushInterval},
 	}
 }
 
@@ -124,6 +134,10 @@ func New(b *broker.Client, router *Router, opts Options, log zerolog.Logger) *Wo
 	log = log.With().Str("component", "delivery").Logger()
 	m := newMetrics(opts.Registerer)
 	p := newPool(opts.MaxPerDestination, opts.MaxMessagesPerConnection, opts.IdleTimeout, opts.DestinationBackoff)
+	var st *sts
+	if opts.MTASTS.Enabled {
+		st = newSTS(b, router, opts.MTASTS, opts.RootCAs, opts.Registerer, log)
+	}
 	return &Worker{
 		b:      b,
 		router: router,
@@ -132,7 +146,7 @@ func New(b *broker.Client, router *Router, opts Options, log zerolog.Logger) *Wo
 			hostname: opts.Hostname, router: router, pool: p,
 			dialer:   &net.Dialer{Timeout: opts.Timeouts.Connect, KeepAlive: 30 * time.Second},
 			timeouts: opts.Timeouts, rootCAs: opts.RootCAs, tlsOut: m.tls, log: log,
-			dkim: opts.DKIM,
+			dkim: opts.DKIM, sts: st,
 		},
 		opts:    opts,
 		log:     log,
@@ -181,6 +195,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.probeTokens(ctx)
 	}()
 	defer func() { <-probeDone }()
+	if w.smtp.sts != nil {
+		// The TLS report counts go to the broker until the last attempt
+		// has ended, then once more.
+		reportCtx, stopReport := context.WithCancel(context.WithoutCancel(ctx))
+		reportDone := make(chan struct{})
+		go func() {
+			defer close(reportDone)
+			w.smtp.sts.report.Run(reportCtx)
+		}()
+		defer func() { stopReport(); <-reportDone }()
+	}
 	err := w.b.ConsumeJobs(ctx, w.opts.Concurrency, func(_ context.Context, l *broker.Lease) {
 		w.handle(hardCtx, l)
 	})

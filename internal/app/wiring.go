@@ -228,6 +228,10 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		to = delivery.DefaultTimeouts()
 		to.Connect = dc.ConnectTimeout.D()
 	}
+	sts, err := MTASTSOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return delivery.New(bc, delivery.NewRouter(ro), delivery.Options{
 		Hostname:                 cfg.Hostname,
 		Concurrency:              dc.Concurrency,
@@ -245,7 +249,35 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 		RootCAs:                  o.RootCAs,
 		DKIM:                     signer,
 		Registerer:               reg,
+		MTASTS:                   sts,
 	}, log), nil
+}
+
+// MTASTSOptions maps delivery.mta_sts: the CA file is added to the
+// system's roots.
+func MTASTSOptions(cfg *config.Config) (delivery.MTASTSOptions, error) {
+	m := cfg.Delivery.MTASTS
+	o := delivery.MTASTSOptions{Enabled: m.On(), HTTPSPort: m.HTTPSPort, FetchTimeout: m.FetchTimeout.D(),
+		ReportDir: m.ReportDir, ReportOrganization: m.ReportOrganization, ReportContact: m.ReportContact,
+		MaxReportDomains: m.MaxReportDomains}
+	if o.ReportOrganization == "" {
+		o.ReportOrganization = cfg.Hostname
+	}
+	if m.CAFile != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		pem, err := os.ReadFile(m.CAFile)
+		if err != nil {
+			return o, fmt.Errorf("delivery.mta_sts.ca_file: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return o, fmt.Errorf("delivery.mta_sts.ca_file: %s holds no PEM certificate", m.CAFile)
+		}
+		o.RootCAs = pool
+	}
+	return o, nil
 }
 
 // RouterOptions maps the configuration's smart host, routes and MX

@@ -275,6 +275,9 @@ type Delivery struct {
 	// SmarthostDKIMDomain is the domain whose DKIM key signs mail through
 	// the smart host when its From domain has no key of its own.
 	SmarthostDKIMDomain string `yaml:"smarthost_dkim_domain"`
+	// MTASTS is MTA-STS (RFC 8461) for direct MX delivery and TLS
+	// reporting (RFC 8460).
+	MTASTS MTASTS `yaml:"mta_sts"`
 }
 
 // DKIM signs what delivery sends over SMTP (RFC 6376; RSA-SHA256 and
@@ -306,6 +309,34 @@ type DKIMKey struct {
 	// Type, when set (rsa or ed25519), must be the key file's type.
 	Type string `yaml:"type"`
 }
+
+// MTASTS configures MTA-STS for direct MX delivery (never for the smart
+// host or routes, whose TLS the operator sets) and the TLS reports.
+type MTASTS struct {
+	// Enabled applies the MTA-STS policies recipient domains publish
+	// (default true).
+	Enabled *bool `yaml:"enabled"`
+	// CAFile adds CA certificates (PEM) to the system's for the policy
+	// hosts and the MX hosts under a policy: a private test CA.
+	CAFile string `yaml:"ca_file"`
+	// HTTPSPort is the policy hosts' port (443; another for tests).
+	HTTPSPort int `yaml:"https_port"`
+	// FetchTimeout bounds one policy fetch.
+	FetchTimeout Duration `yaml:"fetch_timeout"`
+	// ReportDir receives one RFC 8460 JSON report per policy domain and
+	// UTC day ("": none written; the counts are still metrics).
+	ReportDir string `yaml:"report_dir"`
+	// ReportOrganization and ReportContact fill in the reports'
+	// organization-name (default: hostname) and contact-info.
+	ReportOrganization string `yaml:"report_organization"`
+	ReportContact      string `yaml:"report_contact"`
+	// MaxReportDomains caps the policy domains the metric names one by
+	// one (the rest are "_other").
+	MaxReportDomains int `yaml:"max_report_domains"`
+}
+
+// On reports whether MTA-STS is enabled.
+func (m MTASTS) On() bool { return m.Enabled == nil || *m.Enabled }
 
 // Route is the next hop for one recipient domain.
 type Route struct {
@@ -494,6 +525,7 @@ func Default() *Config {
 		schedule[i] = Duration(w)
 	}
 	t := in.AddMissingHeaders
+	stsOn := d.MTASTS.Enabled
 	return &Config{
 		Hostname:    defaultHostname(),
 		DataDir:     defaultDataDir(),
@@ -547,6 +579,12 @@ func Default() *Config {
 				Schedule: schedule,
 				MaxAge:   Duration(d.MaxAge),
 				Jitter:   d.Jitter,
+			},
+			MTASTS: MTASTS{
+				Enabled:          &stsOn,
+				HTTPSPort:        d.MTASTS.HTTPSPort,
+				FetchTimeout:     Duration(d.MTASTS.FetchTimeout),
+				MaxReportDomains: d.MTASTS.MaxReportDomains,
 			},
 		},
 		DeadLetter: DeadLetter{Retention: Duration(b.DeadLetterRetention), SweepInterval: Duration(10 * time.Minute)},

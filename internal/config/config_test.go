@@ -1,6 +1,13 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -512,4 +519,95 @@ ingress:
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
 	}
+}
+
+// delivery.mta_sts: defaults from delivery.DefaultOptions, a file that
+// sets every key loads and validates, and config check names each bad
+// value with its line.
+func TestMTASTSKeys(t *testing.T) {
+	d := Default().Delivery.MTASTS
+	if !d.On() || d.HTTPSPort != 443 || d.FetchTimeout.D() != 10*time.Second || d.MaxReportDomains != 100 {
+		t.Fatalf("defaults: %+v", d)
+	}
+	if (MTASTS{}).On() != true {
+		t.Fatal("MTA-STS is off when the key is absent")
+	}
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, selfSignedPEM(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := Load(writeFile(t, `
+delivery:
+  mta_sts:
+    enabled: false
+    ca_file: `+ca+`
+    https_port: 8443
+    fetch_timeout: 5s
+    report_dir: `+dir+`
+    report_organization: relay.corp.example
+    report_contact: postmaster@corp.example
+    max_report_domains: 10
+`), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if m := cfg.Delivery.MTASTS; m.On() || m.CAFile != ca || m.HTTPSPort != 8443 || m.FetchTimeout.D() != 5*time.Second || m.ReportDir != dir ||
+		m.ReportOrganization != "relay.corp.example" || m.ReportContact != "postmaster@corp.example" || m.MaxReportDomains != 10 {
+		t.Fatalf("loaded: %+v", m)
+	}
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, `hostname: relay.corp.example
+delivery:
+  mta_sts:
+    ca_file: `+notPEM+`
+    https_port: 70000
+    fetch_timeout: 10ms
+    report_dir: `+filepath.Join(dir, "missing")+`
+    max_report_domains: -1
+`)
+	cfg, src, err := Load(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := src.Locate(cfg.Validate()).Error()
+	for _, want := range []string{
+		path + ":4: delivery.mta_sts.ca_file: " + notPEM + " holds no PEM certificate",
+		path + ":5: delivery.mta_sts.https_port: must be a TCP port",
+		path + ":6: delivery.mta_sts.fetch_timeout: must be between 100ms and 5m",
+		path + ":7: delivery.mta_sts.report_dir:",
+		path + ":8: delivery.mta_sts.max_report_domains: must be 0",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing %q in:\n%s", want, got)
+		}
+	}
+	cfg = Default()
+	cfg.Delivery.MTASTS.CAFile = filepath.Join(dir, "absent.pem")
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "delivery.mta_sts.ca_file") {
+		t.Fatalf("a missing CA file: %v", err)
+	}
+}
+
+// selfSignedPEM is a throwaway CA certificate in PEM.
+func selfSignedPEM(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -249,6 +249,7 @@ func (c *Config) Validate() error {
 	}
 	positive(add, "delivery.connect_timeout", c.Delivery.ConnectTimeout)
 	c.validateDKIM(add)
+	validateMTASTS(add, c.Delivery.MTASTS)
 
 	if c.DeadLetter.Retention.D() < time.Second {
 		add("deadletter.retention", "must be at least 1s, got %s", c.DeadLetter.Retention)
@@ -554,6 +555,39 @@ func validateConsole(add func(string, string, ...any), c Console) {
 	if c.TLSCert != "" {
 		if _, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey); err != nil {
 			add("console.tls_cert", "cannot load the certificate and key: %v", err)
+		}
+	}
+}
+
+// validateMTASTS checks delivery.mta_sts: the CA file holds certificates,
+// the report directory exists and jetrelay can write to it.
+func validateMTASTS(add func(string, string, ...any), m MTASTS) {
+	if m.CAFile != "" {
+		if b, err := os.ReadFile(m.CAFile); err != nil {
+			add("delivery.mta_sts.ca_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			add("delivery.mta_sts.ca_file", "%s holds no PEM certificate", m.CAFile)
+		}
+	}
+	if m.HTTPSPort < 0 || m.HTTPSPort > 65535 {
+		add("delivery.mta_sts.https_port", "must be a TCP port (1 to 65535, default 443), got %d", m.HTTPSPort)
+	}
+	if m.FetchTimeout < 0 || (m.FetchTimeout > 0 && m.FetchTimeout.D() < 100*time.Millisecond) || m.FetchTimeout.D() > 5*time.Minute {
+		add("delivery.mta_sts.fetch_timeout", "must be between 100ms and 5m (default 10s), got %s", m.FetchTimeout)
+	}
+	if m.MaxReportDomains < 0 {
+		add("delivery.mta_sts.max_report_domains", "must be 0 (the default, 100) or more, got %d", m.MaxReportDomains)
+	}
+	if m.ReportDir != "" {
+		if fi, err := os.Stat(m.ReportDir); err != nil {
+			add("delivery.mta_sts.report_dir", "%v (create the directory for the daily TLS reports, or leave the key empty)", err)
+		} else if !fi.IsDir() {
+			add("delivery.mta_sts.report_dir", "%s is not a directory", m.ReportDir)
+		} else if f, err := os.CreateTemp(m.ReportDir, ".jetrelay-check-*"); err != nil {
+			add("delivery.mta_sts.report_dir", "jetrelay cannot write the daily TLS reports there: %v", err)
+		} else {
+			f.Close()
+			os.Remove(f.Name())
 		}
 	}
 }

@@ -31,6 +31,7 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_outbound_auth_failures_total":  false,
 	"jetrelay_messages_folded_total":         false,
 	"jetrelay_dkim_signatures_total":         false,
+	"jetrelay_tlsrpt_sessions_total":         false,
 	"jetrelay_queue_ready":                   false,
 	"jetrelay_queue_in_flight":               false,
 	"jetrelay_queue_scheduled_retries":       false,
@@ -52,7 +53,7 @@ var metricName = regexp.MustCompile(`\bjetrelay_[a-z0-9_]+`)
 func TestMetricListMatchesSource(t *testing.T) {
 	src := map[string]bool{}
 	quoted := regexp.MustCompile(`"(jetrelay_[a-z0-9_]+)"`)
-	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "delivery/health.go", "broker/metrics.go", "internal/queuectl/shape.go"} {
+	for _, f := range []string{"ingress/metrics.go", "delivery/metrics.go", "delivery/health.go", "broker/metrics.go", "internal/queuectl/shape.go", "delivery/tlsrpt/tlsrpt.go"} {
 		for _, m := range quoted.FindAllStringSubmatch(string(readFile(t, filepath.Join(repoRoot(t), filepath.FromSlash(f)))), -1) {
 			src[m[1]] = true
 		}
