@@ -71,6 +71,11 @@ type Options struct {
 	// Lockouts keeps the AUTH failures and lockouts that every ingress of
 	// a deployment shares (nil: this process counts alone, in memory).
 	Lockouts Lockouts
+	// ConnectionAllow and ConnectionDeny decide who may connect at all,
+	// before the banner (IIS's "Connection" dialog), separately from who
+	// may relay: a client in ConnectionDeny, or outside a non-empty
+	// ConnectionAllow, gets 554 5.7.1 and the connection is closed.
+	ConnectionAllow, ConnectionDeny []netip.Prefix
 	// Registerer receives the ingress metrics (nil: not exported).
 	Registerer prometheus.Registerer
 }
@@ -263,6 +268,16 @@ func (s *Server) activeConns() int {
 }
 
 func (s *Server) relayAllowed(ip netip.Addr) bool { return inNetworks(s.opts.RelayNetworks, ip) }
+
+// connectionAllowed reports whether ip may connect at all: not in
+// ingress.connection_deny and, when ingress.connection_allow lists
+// networks, in one of them. The deny list wins.
+func (s *Server) connectionAllowed(ip netip.Addr) bool {
+	if inNetworks(s.opts.ConnectionDeny, ip) {
+		return false
+	}
+	return len(s.opts.ConnectionAllow) == 0 || inNetworks(s.opts.ConnectionAllow, ip)
+}
 
 // insecureAuthAllowed reports whether ip may AUTH without TLS.
 func (s *Server) insecureAuthAllowed(ip netip.Addr) bool {

@@ -580,3 +580,36 @@ func TestBareLineEnding(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionAllowed: the deny list wins, an empty allow list lets
+// everyone else in, IPv4-mapped addresses count as IPv4 (addrOf unmaps).
+func TestConnectionAllowed(t *testing.T) {
+	p := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	tests := []struct {
+		name        string
+		allow, deny []netip.Prefix
+		ip          string
+		want        bool
+	}{
+		{"no lists", nil, nil, "192.0.2.1", true},
+		{"denied", nil, p("192.0.2.0/24"), "192.0.2.1", false},
+		{"not denied", nil, p("192.0.2.0/24"), "198.51.100.1", true},
+		{"allowed", p("10.0.0.0/8"), nil, "10.1.2.3", true},
+		{"outside the allow list", p("10.0.0.0/8"), nil, "192.0.2.1", false},
+		{"deny wins over allow", p("10.0.0.0/8"), p("10.9.9.9/32"), "10.9.9.9", false},
+		{"IPv6 denied", nil, p("2001:db8::/32"), "2001:db8::1", false},
+		{"IPv6 outside an IPv4 allow list", p("10.0.0.0/8"), nil, "::1", false},
+	}
+	for _, tc := range tests {
+		s := &Server{opts: Options{ConnectionAllow: tc.allow, ConnectionDeny: tc.deny}}
+		if got := s.connectionAllowed(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("%s: connectionAllowed(%s) = %v, want %v", tc.name, tc.ip, got, tc.want)
+		}
+	}
+}

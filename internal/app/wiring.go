@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -188,6 +189,18 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 			return o, nil, err
 		}
 		o.InsecureAuthNetworks = append(o.InsecureAuthNetworks, p)
+	}
+	for _, l := range []struct {
+		nets config.StringList
+		to   *[]netip.Prefix
+	}{{ic.ConnectionAllow, &o.ConnectionAllow}, {ic.ConnectionDeny, &o.ConnectionDeny}} {
+		for _, n := range l.nets {
+			p, err := config.ParseNetwork(n)
+			if err != nil {
+				return o, nil, err
+			}
+			*l.to = append(*l.to, p)
+		}
 	}
 	if ic.UsersFile != "" {
 		u, err := ingress.LoadUsers(ic.UsersFile)

@@ -182,6 +182,13 @@ type Ingress struct {
 	// ShutdownGrace is how long a stopping ingress lets sessions in flight
 	// finish before it closes them.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// ConnectionAllow and ConnectionDeny (addresses or CIDR networks)
+	// decide who may connect at all, before the banner, like IIS's
+	// Connection dialog; separate from relay_networks, which decides who
+	// may relay. Deny wins; an empty allow list lets everyone else in. A
+	// refused client gets 554 5.7.1 and the connection is closed.
+	ConnectionAllow StringList `yaml:"connection_allow"`
+	ConnectionDeny  StringList `yaml:"connection_deny"`
 }
 
 // TLSFiles names a certificate and its key.

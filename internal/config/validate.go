@@ -157,6 +157,16 @@ func (c *Config) Validate() error {
 			add("ingress.insecure_auth_networks", "%v", err)
 		}
 	}
+	for _, l := range []struct {
+		key  string
+		nets StringList
+	}{{"ingress.connection_allow", c.Ingress.ConnectionAllow}, {"ingress.connection_deny", c.Ingress.ConnectionDeny}} {
+		for _, n := range l.nets {
+			if _, err := ParseNetwork(n); err != nil {
+				add(l.key, "%v", err)
+			}
+		}
+	}
 	if c.Ingress.MaxConnections < 1 {
 		add("ingress.max_connections", "must be at least 1")
 	}
