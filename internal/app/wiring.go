@@ -261,7 +261,8 @@ func NewWorker(cfg *config.Config, bc *broker.Client, log zerolog.Logger, reg pr
 // building each route's OAuth token source and transport.
 func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.RouterOptions, error) {
 	dc := cfg.Delivery
-	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{}}
+	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{},
+		Masquerade: dc.MasqueradeDomain, NDRCopyTo: dc.NDRCopyTo}
 	var err error
 	if ro.MXTLS, err = delivery.ParseTLSPolicy(dc.MXTLS); err != nil {
 		return ro, fmt.Errorf("delivery.mx_tls: %w", err)
@@ -290,7 +291,8 @@ func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.
 func RouteOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
 	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
 		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
-			Connections: r.RateLimit.Connections}}
+			Connections: r.RateLimit.Connections},
+		Masquerade: r.MasqueradeDomain, NDRCopyTo: r.NDRCopyTo}
 	if r.Host != "" {
 		rt.Hosts = append(rt.Hosts, r.Host)
 	}

@@ -263,6 +263,14 @@ type Delivery struct {
 	DestinationBackoff Duration `yaml:"destination_backoff"`
 	// ShutdownGrace lets attempts in flight finish on SIGTERM.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// MasqueradeDomain replaces the domain of the envelope sender (MAIL
+	// FROM only, not the From: header) on the way out, like IIS's
+	// masquerade domain; a route's masquerade_domain replaces it there.
+	MasqueradeDomain string `yaml:"masquerade_domain"`
+	// NDRCopyTo receives a copy of every non-delivery report (IIS's "Send
+	// copy of Non-Delivery Report to"), also for a null sender; a route's
+	// ndr_copy_to replaces it for the recipients given up on there.
+	NDRCopyTo string `yaml:"ndr_copy_to"`
 }
 
 // Route is the next hop for one recipient domain.
@@ -289,6 +297,10 @@ type Route struct {
 	OAuth     OAuth     `yaml:"oauth"`
 	Graph     Graph     `yaml:"graph"`
 	RateLimit RateLimit `yaml:"rate_limit"`
+	// MasqueradeDomain and NDRCopyTo replace delivery.masquerade_domain
+	// and delivery.ndr_copy_to for this route.
+	MasqueradeDomain string `yaml:"masquerade_domain"`
+	NDRCopyTo        string `yaml:"ndr_copy_to"`
 }
 
 // OAuth is an app-only OAuth 2.0 credential for a smart host or route.

@@ -198,6 +198,8 @@ func (c *Config) Validate() error {
 	}
 
 	// delivery
+	checkMasquerade(add, "delivery.masquerade_domain", c.Delivery.MasqueradeDomain)
+	checkMailbox(add, "delivery.ndr_copy_to", c.Delivery.NDRCopyTo)
 	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
 		add("delivery.port", "must be a TCP port, got %d", c.Delivery.Port)
 	}
@@ -317,6 +319,8 @@ func validateRoute(add func(string, string, ...any), key func(string) string, r 
 			add(key("tls_ca_file"), "%s holds no PEM certificate", r.TLSCAFile)
 		}
 	}
+	checkMasquerade(add, key("masquerade_domain"), r.MasqueradeDomain)
+	checkMailbox(add, key("ndr_copy_to"), r.NDRCopyTo)
 	pw := secretSources(add, key, "password", r.Password, r.PasswordFile, r.PasswordEnv)
 	if pw && r.Username == "" {
 		add(key("username"), "a password needs a username")
@@ -527,5 +531,28 @@ func checkFile(add func(string, string, ...any), key, path string) {
 func positive(add func(string, string, ...any), key string, d Duration) {
 	if d <= 0 {
 		add(key, "must be positive")
+	}
+}
+
+// checkMasquerade checks a masquerade domain: a domain name, without the
+// local part or brackets.
+func checkMasquerade(add func(string, string, ...any), key, v string) {
+	if v == "" {
+		return
+	}
+	if strings.ContainsAny(v, "@<>[]() \t,;:\"\\") || strings.HasPrefix(v, ".") || strings.HasSuffix(v, ".") || !strings.Contains(v, ".") {
+		add(key, "%q is not a domain name such as corp.example (the domain only, no @)", v)
+	}
+}
+
+// checkMailbox checks an address jetrelay sends to: local@domain, without
+// angle brackets or a display name.
+func checkMailbox(add func(string, string, ...any), key, v string) {
+	if v == "" {
+		return
+	}
+	at := strings.LastIndexByte(v, '@')
+	if at <= 0 || at == len(v)-1 || strings.ContainsAny(v, "<>() \t,;\"\\") {
+		add(key, "%q is not an address such as postmaster@corp.example (no angle brackets, no display name)", v)
 	}
 }
