@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/internal/mailhdr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -329,7 +330,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 		rcptAddrs[i] = rc.Addr
 	}
 	ip := ss.conn.ip.String()
-	prefix := receivedHeader(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
+	prefix := mailhdr.Received(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
 
 	// go-smtp (third_party/go-smtp) enforces max_message_bytes exactly:
 	// the reader fails with smtp.ErrDataTooLarge past it (DATA), or the
@@ -347,17 +348,12 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if _, err := buf.ReadFrom(io.LimitReader(body, limit+1)); err != nil {
 		return nil, 0, err
 	}
-	facts := scanHeaders(buf.Bytes())
-	if facts.received > s.opts.MaxReceivedHeaders {
-		return nil, 0, fmt.Errorf("%w: %d Received headers", ErrMailLoop, facts.received)
+	facts := mailhdr.Scan(buf.Bytes())
+	if facts.Received > s.opts.MaxReceivedHeaders {
+		return nil, 0, fmt.Errorf("%w: %d Received headers", ErrMailLoop, facts.Received)
 	}
-	if s.opts.AddMissingHeaders && facts.complete {
-		if !facts.messageID {
-			prefix = fmt.Appendf(prefix, "Message-ID: <%s@%s>\r\n", ss.qid, s.opts.Hostname)
-		}
-		if !facts.date {
-			prefix = fmt.Appendf(prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
-		}
+	if s.opts.AddMissingHeaders {
+		prefix = mailhdr.AppendMissing(prefix, facts, ss.qid, s.opts.Hostname, now)
 	}
 
 	job := &contracts.Job{

@@ -17,6 +17,7 @@ import (
 	"github.com/jetrelay/jetrelay/delivery/oauth"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/pickup"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -219,6 +220,23 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 		o.TLSConfig = ingress.ServerTLSConfig(rl.GetCertificate)
 	}
 	return o, rl, nil
+}
+
+// PickupOptions maps ingress.pickup (and the ingress limits a pickup file
+// is held to) into the pickup directory's options.
+func PickupOptions(cfg *config.Config, reg prometheus.Registerer) pickup.Options {
+	ic := cfg.Ingress
+	return pickup.Options{
+		Dir:                ic.Pickup.Dir,
+		BadmailDir:         ic.Pickup.BadmailDir,
+		PollInterval:       ic.Pickup.PollInterval.D(),
+		StableFor:          ic.Pickup.StableFor.D(),
+		Hostname:           cfg.Hostname,
+		MaxMessageBytes:    int64(ic.MaxMessageBytes),
+		MaxReceivedHeaders: ic.MaxReceivedHeaders,
+		AddMissingHeaders:  ic.AddMissingHeaders == nil || *ic.AddMissingHeaders,
+		Registerer:         reg,
+	}
 }
 
 // NewWorker builds a delivery worker from the configuration.

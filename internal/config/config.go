@@ -18,6 +18,7 @@ import (
 	"github.com/jetrelay/jetrelay/broker"
 	"github.com/jetrelay/jetrelay/delivery"
 	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/jetrelay/jetrelay/pickup"
 )
 
 // Config is the whole configuration. The YAML key names are part of the
@@ -189,6 +190,24 @@ type Ingress struct {
 	// refused client gets 554 5.7.1 and the connection is closed.
 	ConnectionAllow StringList `yaml:"connection_allow"`
 	ConnectionDeny  StringList `yaml:"connection_deny"`
+	// Pickup is the pickup directory (IIS's, for .NET's SmtpClient and
+	// scripts), watched by the processes that run the ingress stage.
+	Pickup Pickup `yaml:"pickup"`
+}
+
+// Pickup is a folder of .eml files to queue (package pickup describes
+// when a file is taken and how its envelope is read).
+type Pickup struct {
+	// Dir is the folder; empty: no pickup directory.
+	Dir string `yaml:"dir"`
+	// BadmailDir receives the files that are not messages, each with a
+	// .reason file (default: Dir/badmail).
+	BadmailDir string `yaml:"badmail_dir"`
+	// PollInterval is how often Dir is looked at.
+	PollInterval Duration `yaml:"poll_interval"`
+	// StableFor is how long a file's size and modification time must stay
+	// the same before it is taken.
+	StableFor Duration `yaml:"stable_for"`
 }
 
 // TLSFiles names a certificate and its key.
@@ -421,6 +440,7 @@ func Default() *Config {
 	in := ingress.DefaultOptions()
 	d := delivery.DefaultOptions()
 	r := delivery.DefaultRouterOptions()
+	pk := pickup.DefaultOptions()
 	nets := make(StringList, len(in.RelayNetworks))
 	for i, p := range in.RelayNetworks {
 		nets[i] = p.String()
@@ -466,6 +486,7 @@ func Default() *Config {
 			AuthFailureWindow:    Duration(in.AuthFailureWindow),
 			AuthLockout:          Duration(in.AuthLockout),
 			ShutdownGrace:        Duration(in.ShutdownGrace),
+			Pickup:               Pickup{PollInterval: Duration(pk.PollInterval), StableFor: Duration(pk.StableFor)},
 		},
 		Delivery: Delivery{
 			Port:                     r.Port,

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -195,6 +196,20 @@ func (c *Config) Validate() error {
 		if k.d <= 0 || k.d.D() > broker.AuthLockoutMaxAge {
 			add(k.key, "must be positive and at most %s, got %s", Duration(broker.AuthLockoutMaxAge), k.d)
 		}
+	}
+
+	if pk := c.Ingress.Pickup; pk.Dir != "" {
+		if pk.PollInterval.D() < 100*time.Millisecond {
+			add("ingress.pickup.poll_interval", "must be at least 100ms, got %s", pk.PollInterval)
+		}
+		if pk.BadmailDir != "" && filepath.Clean(pk.BadmailDir) == filepath.Clean(pk.Dir) {
+			add("ingress.pickup.badmail_dir", "must not be the pickup directory itself (a subfolder is fine: the default is %s)", filepath.Join(pk.Dir, "badmail"))
+		}
+		if st, err := os.Stat(pk.Dir); err == nil && !st.IsDir() {
+			add("ingress.pickup.dir", "%s is a file, not a folder", pk.Dir)
+		}
+	} else if pk.BadmailDir != "" {
+		add("ingress.pickup.badmail_dir", "needs ingress.pickup.dir")
 	}
 
 	// delivery
