@@ -408,7 +408,7 @@ func (w *Watcher) message(name, qid string, mtime time.Time, raw []byte) (*contr
 	if facts.Received > w.opts.MaxReceivedHeaders {
 		return nil, nil, nil, fmt.Errorf("%w: %d Received fields, more than ingress.max_received_headers (%d): a mail loop", ErrMalformed, facts.Received, w.opts.MaxReceivedHeaders)
 	}
-	prefix := mailhdr.ReceivedLocal("pickup file "+name, w.opts.Hostname, qid, env.rcpts, mtime)
+	prefix := mailhdr.ReceivedLocal("pickup file", name, w.opts.Hostname, qid, env.rcpts, mtime)
 	if w.opts.AddMissingHeaders {
 		prefix = mailhdr.AppendMissing(prefix, facts, qid, w.opts.Hostname, mtime)
 	}

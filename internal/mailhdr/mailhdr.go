@@ -89,9 +89,12 @@ func Received(helo, ip, hostname, proto, qid, tlsDesc string, rcpts []string, no
 //	Received: by relay.example.com (jetrelay, from pickup file 1f2e.eml)
 //		with local id 0KQ3H5XZ7M2P9RTA
 //		for <rcpt@example.com>; Sun, 22 Nov 2026 18:30:00 +0000
-func ReceivedLocal(source, hostname, qid string, rcpts []string, at time.Time) []byte {
+//
+// kind ("pickup file") is the caller's own text, written as it is; name
+// (the file name) is sanitized.
+func ReceivedLocal(kind, name, hostname, qid string, rcpts []string, at time.Time) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "Received: by %s (jetrelay, from %s)\r\n\twith local id %s", hostname, Sanitize(source), qid)
+	fmt.Fprintf(&b, "Received: by %s (jetrelay, from %s %s)\r\n\twith local id %s", hostname, kind, Sanitize(name), qid)
 	return finish(&b, rcpts, at)
 }
 

@@ -35,8 +35,8 @@ func TestReceived(t *testing.T) {
 
 func TestReceivedLocal(t *testing.T) {
 	at := time.Date(2026, 11, 22, 18, 30, 0, 0, time.UTC)
-	h := string(ReceivedLocal("pickup file a b(c);\r\nX: y.eml", "relay.example.com", "0KQ3H5XZ7M2P9RTA", []string{"ops@example.com"}, at))
-	want := "Received: by relay.example.com (jetrelay, from pickup_file_a_b_c____X:_y.eml)\r\n\twith local id 0KQ3H5XZ7M2P9RTA\r\n" +
+	h := string(ReceivedLocal("pickup file", "a b(c);\r\nX: y.eml", "relay.example.com", "0KQ3H5XZ7M2P9RTA", []string{"ops@example.com"}, at))
+	want := "Received: by relay.example.com (jetrelay, from pickup file a_b_c____X:_y.eml)\r\n\twith local id 0KQ3H5XZ7M2P9RTA\r\n" +
 		"\tfor <ops@example.com>; Sun, 22 Nov 2026 18:30:00 +0000\r\n"
 	if h != want {
 		t.Fatalf("got\n%q\nwant\n%q", h, want)
