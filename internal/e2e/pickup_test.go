@@ -167,9 +167,9 @@ func TestPickupDirectory(t *testing.T) {
 // destination can then only come from the pickup directory. (An attempt
 // that ends - deferred, its retry scheduled and the job acknowledged -
 // shortly before a SIGKILL can be run again after the restart, because
-// the embedded broker's consumer state may not have been written yet;
-// that window belongs to the delivery stage and is not what this test
-// measures.)
+// the embedded broker persists acknowledgements in batches (README,
+// Durability); that window belongs to the broker and delivery, and is
+// not what this test measures.)
 func TestPickupSurvivesKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
