@@ -50,6 +50,13 @@ func (w *Worker) attempt(ctx context.Context, l *broker.Lease) []*group {
 			defer release()
 		}
 		req := &Request{Job: job, Rcpts: g.rcpts, Dest: g.dest, Body: open}
+		if from := masquerade(job.From, g.dest.Masquerade); from != job.From {
+			// The envelope sender on the wire only: the job, its
+			// bounces and its records keep the sender as received.
+			mj := *job
+			mj.From = from
+			req.Job = &mj
+		}
 		g.report = w.transportFor(g.dest).Deliver(ctx, req)
 		g.verdicts = make([]Verdict, len(g.rcpts))
 		for i, res := range g.report.Results {

@@ -40,7 +40,12 @@
 //     acknowledgement; once the body has been sent to a host, the attempt
 //     does not move on to the next host.
 //   - A DSN is never sent to the null sender or about a DSN, and honours
-//     NOTIFY, RET, ENVID and ORCPT.
+//     NOTIFY, RET, ENVID and ORCPT. The NDR copy (Route.NDRCopyTo, IIS's
+//     "Send copy of Non-Delivery Report to") reports every dead recipient
+//     whatever its NOTIFY, also for a null sender, never about a DSN.
+//   - A masquerade domain (Route.Masquerade) changes the envelope sender
+//     on the wire only: the job, its records and its bounces keep the
+//     sender as received.
 //   - A body that does not match its size (and chunk count) is never delivered:
 //     an inline one is refused before the transaction, and a mismatch
 //     found at the end of a streamed one aborts the transaction before the

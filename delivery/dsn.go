@@ -54,8 +54,19 @@ func mayBounce(j *contracts.Job) bool {
 // failures (the dead recipients), a delay warning once a message has
 // waited delivery.delay_warning, and successes the sender asked for when
 // the next hop does not report them itself.
+//
+// Besides, every recipient given up on is reported to the NDR copy address
+// of the route it was given up at (Route.NDRCopyTo, IIS's "Send copy of
+// Non-Delivery Report to"): one copy per address, with every dead
+// recipient whatever its NOTIFY, also when the sender is null <> (the
+// sender then gets nothing, the administrator still learns of it), never
+// about a DSN (a bounce that bounced: no loops; the copies are DSNs).
 func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open func() (io.ReadCloser, error), now time.Time) {
+	copies := w.ndrCopies(job, groups, p.outcome.Dead)
 	if !mayBounce(job) {
+		if len(copies) > 0 {
+			w.addDSNs(job, p, open, now, nil, nil, nil, copies)
+		}
 		return
 	}
 	var failed, delayed, relayed []dsnRcpt
@@ -87,15 +98,66 @@ func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open fun
 			}
 		}
 	}
-	if len(failed)+len(delayed)+len(relayed) == 0 {
+	w.addDSNs(job, p, open, now, failed, delayed, relayed, copies)
+}
+
+// ndrCopy is one copy of a non-delivery report for an administrator.
+type ndrCopy struct {
+	to    string
+	rcpts []dsnRcpt
+}
+
+// ndrCopies groups the dead recipients by the NDR copy address of the
+// destination each was given up at (the router's global one for those
+// that never reached a destination); none about a DSN.
+func (w *Worker) ndrCopies(job *contracts.Job, groups []*group, dead *broker.Dead) []ndrCopy {
+	if dead == nil || job.Kind == contracts.KindDSN {
+		return nil
+	}
+	at := map[string]string{} // recipient → copy address of its destination
+	for _, g := range groups {
+		for _, r := range g.rcpts {
+			at[r.Addr] = g.dest.NDRCopyTo
+		}
+	}
+	var out []ndrCopy
+	idx := map[string]int{}
+	for _, r := range dead.Rcpts {
+		to, ok := at[r.Addr]
+		if !ok && w.router != nil {
+			to = w.router.o.NDRCopyTo
+		}
+		if to == "" {
+			continue
+		}
+		i, ok := idx[to]
+		if !ok {
+			i = len(out)
+			idx[to] = i
+			out = append(out, ndrCopy{to: to})
+		}
+		out[i].rcpts = append(out[i].rcpts, dsnRcpt{rcpt: r, reply: r.LastReply, host: hostOf(r.LastReply)})
+	}
+	return out
+}
+
+// addDSNs renders the notifications to the sender (failed, delayed,
+// relayed) and the NDR copies, and adds them to the plan as notices. Each
+// gets a queue ID derived from the job, its attempt and what it is, so a
+// plan made again after a crash queues nothing twice.
+func (w *Worker) addDSNs(job *contracts.Job, p *plan, open func() (io.ReadCloser, error), now time.Time, failed, delayed, relayed []dsnRcpt, copies []ndrCopy) {
+	if len(failed)+len(delayed)+len(relayed)+len(copies) == 0 {
 		return
 	}
 	original := readOriginal(open, job, w.opts.BounceSizeLimit)
-	add := func(action string, rcpts []dsnRcpt) {
+	add := func(action, to, kind string, rcpts []dsnRcpt) {
 		if len(rcpts) == 0 {
 			return
 		}
 		seed := fmt.Sprintf("%s/%d/%s", job.JobID(), job.Attempt, action)
+		if kind != "" {
+			seed += "/" + kind + "/" + to
+		}
 		d := &contracts.Job{
 			QueueID:    contracts.DerivedQueueID(job.ReceivedAt, seed),
 			Kind:       contracts.KindDSN,
@@ -103,16 +165,56 @@ func (w *Worker) planDSNs(job *contracts.Job, groups []*group, p *plan, open fun
 			FirstSeen:  now,
 			Client:     contracts.Client{Addr: "localhost", HELO: w.opts.Hostname, Proto: "DSN"},
 			From:       "",
-			Rcpts:      []contracts.Recipient{{Addr: job.From}},
+			Rcpts:      []contracts.Recipient{{Addr: to}},
 			Attempt:    1,
 		}
 		body := buildDSN(w.opts.Hostname, job, action, rcpts, original, d.QueueID, now, job.FirstSeen.Add(w.opts.MaxAge))
+		if kind != "" {
+			body = ndrCopyHeaders(body, to, job)
+		}
 		d.Body.MaxLine = contracts.MeasureLines(body)
 		p.outcome.Notices = append(p.outcome.Notices, broker.Notice{Job: d, Body: body})
 	}
-	add(actionFailed, failed)
-	add(actionDelayed, delayed)
-	add(actionRelayed, relayed)
+	add(actionFailed, job.From, "", failed)
+	add(actionDelayed, job.From, "", delayed)
+	add(actionRelayed, job.From, "", relayed)
+	for _, c := range copies {
+		add(actionFailed, c.to, "copy", c.rcpts)
+	}
+}
+
+// ndrCopyHeaders readdresses a rendered non-delivery report as the
+// administrator's copy: To: names the copy address (for a null sender
+// the report would otherwise say To: <>), the subject says it is a copy
+// and whose, and X-Jetrelay-NDR-Copy-Of names the original sender.
+func ndrCopyHeaders(body []byte, to string, j *contracts.Job) []byte {
+	sender := j.From
+	if sender == "" {
+		sender = "<>"
+	}
+	out := make([]byte, 0, len(body)+128)
+	rest := body
+	done := false
+	for len(rest) > 0 && !done {
+		i := bytes.Index(rest, []byte("\r\n"))
+		if i < 0 {
+			break
+		}
+		line := rest[:i+2]
+		rest = rest[i+2:]
+		switch {
+		case i == 0:
+			done = true
+			out = append(out, line...)
+		case bytes.HasPrefix(line, []byte("To: ")):
+			out = fmt.Appendf(out, "To: <%s>\r\nX-Jetrelay-NDR-Copy-Of: %s\r\n", to, sender)
+		case bytes.HasPrefix(line, []byte("Subject: ")):
+			out = fmt.Appendf(out, "Subject: Copy of NDR for %s: %s", sender, line[len("Subject: "):])
+		default:
+			out = append(out, line...)
+		}
+	}
+	return append(out, rest...)
 }
 
 func hostOf(r *contracts.Reply) string {

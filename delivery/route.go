@@ -75,6 +75,25 @@ type Route struct {
 	// DKIMDomain is the domain whose DKIM key signs a message sent this
 	// way when its From domain has no key ("": the worker's fallback).
 	DKIMDomain string
+	// Masquerade, when set, replaces the domain of the envelope sender
+	// (MAIL FROM, not the From: header, like IIS's masquerade domain) on
+	// the way to this route; the null sender stays null.
+	Masquerade string
+	// NDRCopyTo, when set, receives a copy of every non-delivery report
+	// about recipients given up on at this route (IIS's "Send copy of
+	// Non-Delivery Report to"), also when the sender is null.
+	NDRCopyTo string
+}
+
+// inherit takes the global masquerade domain and NDR copy address where
+// the route sets none.
+func (r *Route) inherit(o RouterOptions) {
+	if r.Masquerade == "" {
+		r.Masquerade = o.Masquerade
+	}
+	if r.NDRCopyTo == "" {
+		r.NDRCopyTo = o.NDRCopyTo
+	}
 }
 
 // authenticates reports whether the route has credentials.
@@ -117,6 +136,10 @@ type RouterOptions struct {
 	DNSServer string
 	// MaxMXHosts caps the addresses tried per destination.
 	MaxMXHosts int
+	// Masquerade and NDRCopyTo apply to every destination whose route
+	// does not set its own (Route.Masquerade, Route.NDRCopyTo): direct
+	// MX delivery, the smart host, the routes.
+	Masquerade, NDRCopyTo string
 }
 
 // DefaultRouterOptions: direct MX delivery on port 25, opportunistic TLS,
@@ -147,12 +170,14 @@ func NewRouter(o RouterOptions) *Router {
 	if o.Smarthost.TLS == "" {
 		o.Smarthost.TLS = TLSOpportunistic
 	}
+	o.Smarthost.inherit(o)
 	r := &Router{o: o, routes: map[string]*Destination{}}
 	for dom, rt := range o.Routes {
 		d := strings.ToLower(strings.TrimSuffix(dom, "."))
 		if rt.TLS == "" {
 			rt.TLS = TLSOpportunistic
 		}
+		rt.inherit(o)
 		r.routes[d] = &Destination{Key: "route:" + d, Kind: "route", Domain: d, Route: rt, Verify: !rt.TLSSkipVerify}
 	}
 	if o.DNSServer != "" {
@@ -200,7 +225,7 @@ func (r *Router) destinationFor(j *contracts.Job, domain string) *Destination {
 	domain = strings.ToLower(domain)
 	if j.Route != "" {
 		return &Destination{Key: "hop:" + j.Route, Kind: "override", Domain: domain,
-			Route: Route{Hosts: []string{j.Route}, TLS: TLSOpportunistic}}
+			Route: Route{Hosts: []string{j.Route}, TLS: TLSOpportunistic, Masquerade: r.o.Masquerade, NDRCopyTo: r.o.NDRCopyTo}}
 	}
 	if d, ok := r.routes[domain]; ok {
 		return d
@@ -208,7 +233,22 @@ func (r *Router) destinationFor(j *contracts.Job, domain string) *Destination {
 	if len(r.o.Smarthost.Hosts) > 0 || r.o.Smarthost.Transport != nil {
 		return &Destination{Key: "smarthost", Kind: "smarthost", Domain: domain, Route: r.o.Smarthost, Verify: !r.o.Smarthost.TLSSkipVerify}
 	}
-	return &Destination{Key: "mx:" + domain, Kind: "mx", Domain: domain, Route: Route{TLS: r.o.MXTLS}, Verify: r.o.MXTLS == TLSRequired}
+	return &Destination{Key: "mx:" + domain, Kind: "mx", Domain: domain, Route: Route{TLS: r.o.MXTLS, Masquerade: r.o.Masquerade, NDRCopyTo: r.o.NDRCopyTo},
+		Verify: r.o.MXTLS == TLSRequired}
+}
+
+// masquerade returns the envelope sender as it goes out to a route with
+// masquerade domain dom: the local part kept, the domain replaced; the
+// null sender, and any sender when dom is empty, unchanged.
+func masquerade(from, dom string) string {
+	if dom == "" || from == "" {
+		return from
+	}
+	at := strings.LastIndexByte(from, '@')
+	if at < 0 {
+		return from + "@" + dom
+	}
+	return from[:at+1] + dom
 }
 
 // hops lists the addresses to try for a destination, in order, at most

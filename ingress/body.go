@@ -2,10 +2,7 @@ package ingress
 
 import (
 	"bytes"
-	"fmt"
 	"io"
-	"strings"
-	"time"
 
 	"github.com/jetrelay/jetrelay/contracts"
 )
@@ -158,87 +155,4 @@ func bareLineEnding(b []byte, prevCR bool) int {
 		i = k + 1
 	}
 	return bad
-}
-
-// headerFacts is what the ingress needs to know about the header section.
-type headerFacts struct {
-	received  int
-	messageID bool
-	date      bool
-	complete  bool // the end of the header section was seen
-}
-
-// scanHeaders looks at the header section at the start of b (up to the
-// first empty line).
-func scanHeaders(b []byte) headerFacts {
-	var f headerFacts
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		var line []byte
-		if i < 0 {
-			line, b = b, nil
-		} else {
-			line, b = b[:i], b[i+1:]
-		}
-		line = bytes.TrimSuffix(line, []byte{'\r'})
-		if len(line) == 0 {
-			f.complete = true
-			return f
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			continue // folded continuation
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			continue
-		}
-		switch strings.ToLower(string(bytes.TrimRight(line[:colon], " \t"))) {
-		case "received":
-			f.received++
-		case "message-id":
-			f.messageID = true
-		case "date":
-			f.date = true
-		}
-	}
-	return f
-}
-
-// receivedHeader renders our trace header (RFC 5321 §4.4), folded like
-// Postfix's:
-//
-//	Received: from helo ([192.0.2.1])
-//		by relay.example.com (jetrelay) with ESMTPS id 0KQ3H5XZ7M2P9RTA
-//		(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)
-//		for <rcpt@example.com>; Sun, 22 Nov 2026 18:30:00 +0000
-//
-// "for" names the recipient only when there is exactly one, so that a
-// message to many does not disclose the others.
-func receivedHeader(helo, ip, hostname, proto, qid, tlsDesc string, rcpts []string, now time.Time) []byte {
-	var b bytes.Buffer
-	if helo == "" {
-		helo = "unknown"
-	}
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s (jetrelay) with %s id %s", sanitizeTrace(helo), ip, hostname, proto, qid)
-	if tlsDesc != "" {
-		fmt.Fprintf(&b, "\r\n\t(using %s)", tlsDesc)
-	}
-	if len(rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", sanitizeTrace(rcpts[0]))
-	}
-	fmt.Fprintf(&b, "; %s\r\n", now.Format(time.RFC1123Z))
-	return b.Bytes()
-}
-
-// sanitizeTrace keeps client-supplied text from breaking the header.
-func sanitizeTrace(s string) string {
-	if len(s) > 255 {
-		s = s[:255]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x21 || r == 0x7f || r == '(' || r == ')' || r == ';' {
-			return '_'
-		}
-		return r
-	}, s)
 }

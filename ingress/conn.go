@@ -14,6 +14,8 @@ import (
 )
 
 // listener wraps a TCP listener with what go-smtp does not do: connection
+// control (ingress.connection_allow and _deny, refused with 554 5.7.1
+// before the banner, like IIS's Connection dialog), connection
 // limits (total and per client IP, refused with 421 4.7.0 before any
 // session starts), per-read and per-write deadlines (a stalled client
 // times out; go-smtp bounds each command line and the data rate), the
@@ -75,6 +77,19 @@ func (s *Server) track(c net.Conn, implicitTLS bool) *conn {
 	tc.tls.Store(implicitTLS)
 	tc.log = s.log.With().Str("session", tc.id).Str("remote", c.RemoteAddr().String()).Logger()
 
+	if !s.connectionAllowed(ip) {
+		// Checked before anything else, the shutdown included: this
+		// client is not to be talked to. Under implicit TLS a plaintext
+		// reply would garble the handshake: just close.
+		s.metrics.connectionDenied()
+		if implicitTLS {
+			tc.log.Warn().Str("reason", "connection control").Msg("connection refused")
+			_ = c.Close()
+			return nil
+		}
+		tc.refuse("554 5.7.1 Access denied: connections from this address are not accepted\r\n", "connection control")
+		return nil
+	}
 	if s.draining.Load() {
 		if implicitTLS {
 			tc.log.Info().Msg("connection refused: shutting down")

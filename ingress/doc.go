@@ -8,6 +8,10 @@
 //     <id>" only after the broker acknowledged the job (and, for a large
 //     body, the body object before it). Every failure on the way is a
 //     451 4.3.0: temporary, so the client keeps the message and retries.
+//   - Connection control before relay control. A client in
+//     ingress.connection_deny, or outside a non-empty
+//     ingress.connection_allow, gets 554 5.7.1 instead of the banner and
+//     is disconnected (conn.go's listener), before any session exists.
 //   - Never an open relay. RCPT is accepted only from clients in
 //     ingress.relay_networks or authenticated users; everyone else gets
 //     554 5.7.1 and nothing is published.

@@ -17,6 +17,7 @@ type metrics struct {
 	publishSeconds prometheus.Histogram
 	tls            *prometheus.CounterVec
 	auth           *prometheus.CounterVec
+	denied         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,9 +48,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "jetrelay_smtp_auth_total", Help: "AUTH attempts at the ingress by mechanism and result.",
 		}, []string{"mechanism", "result"}),
+		denied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "jetrelay_smtp_connections_denied_total",
+			Help: "Connections refused by ingress.connection_allow / connection_deny before the banner.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessions, m.active, m.rejects, m.accepted, m.acceptedBytes, m.publishSeconds, m.auth)
+		reg.MustRegister(m.sessions, m.active, m.rejects, m.accepted, m.acceptedBytes, m.publishSeconds, m.auth, m.denied)
 		// The TLS counter is shared with delivery in one process.
 		if err := reg.Register(m.tls); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
@@ -63,6 +68,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 func (m *metrics) sessionOpened()         { m.sessions.Inc(); m.active.Inc() }
 func (m *metrics) sessionClosed()         { m.active.Dec() }
 func (m *metrics) rejected(reason string) { m.rejects.WithLabelValues(reason).Inc() }
+
+// connectionDenied counts a connection refused by connection control, in
+// its own series and among the rejects (reason "connection_denied").
+func (m *metrics) connectionDenied() {
+	m.denied.Inc()
+	m.rejected("connection_denied")
+}
 func (m *metrics) queued(size int64, publish time.Duration) {
 	m.accepted.Inc()
 	m.acceptedBytes.Add(float64(size))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/jetrelay/jetrelay/contracts"
+	"github.com/jetrelay/jetrelay/internal/mailhdr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -71,6 +72,11 @@ type Options struct {
 	// Lockouts keeps the AUTH failures and lockouts that every ingress of
 	// a deployment shares (nil: this process counts alone, in memory).
 	Lockouts Lockouts
+	// ConnectionAllow and ConnectionDeny decide who may connect at all,
+	// before the banner (IIS's "Connection" dialog), separately from who
+	// may relay: a client in ConnectionDeny, or outside a non-empty
+	// ConnectionAllow, gets 554 5.7.1 and the connection is closed.
+	ConnectionAllow, ConnectionDeny []netip.Prefix
 	// Registerer receives the ingress metrics (nil: not exported).
 	Registerer prometheus.Registerer
 }
@@ -264,6 +270,16 @@ func (s *Server) activeConns() int {
 
 func (s *Server) relayAllowed(ip netip.Addr) bool { return inNetworks(s.opts.RelayNetworks, ip) }
 
+// connectionAllowed reports whether ip may connect at all: not in
+// ingress.connection_deny and, when ingress.connection_allow lists
+// networks, in one of them. The deny list wins.
+func (s *Server) connectionAllowed(ip netip.Addr) bool {
+	if inNetworks(s.opts.ConnectionDeny, ip) {
+		return false
+	}
+	return len(s.opts.ConnectionAllow) == 0 || inNetworks(s.opts.ConnectionAllow, ip)
+}
+
 // insecureAuthAllowed reports whether ip may AUTH without TLS.
 func (s *Server) insecureAuthAllowed(ip netip.Addr) bool {
 	return s.opts.AllowInsecureAuth && inNetworks(s.opts.InsecureAuthNetworks, ip)
@@ -314,7 +330,7 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 		rcptAddrs[i] = rc.Addr
 	}
 	ip := ss.conn.ip.String()
-	prefix := receivedHeader(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
+	prefix := mailhdr.Received(ss.helo, ip, s.opts.Hostname, ss.proto(), ss.qid, ss.tlsDesc, rcptAddrs, now)
 
 	// go-smtp (third_party/go-smtp) enforces max_message_bytes exactly:
 	// the reader fails with smtp.ErrDataTooLarge past it (DATA), or the
@@ -332,17 +348,12 @@ func (s *Server) accept(ss *session, r io.Reader) (*contracts.Job, int64, error)
 	if _, err := buf.ReadFrom(io.LimitReader(body, limit+1)); err != nil {
 		return nil, 0, err
 	}
-	facts := scanHeaders(buf.Bytes())
-	if facts.received > s.opts.MaxReceivedHeaders {
-		return nil, 0, fmt.Errorf("%w: %d Received headers", ErrMailLoop, facts.received)
+	facts := mailhdr.Scan(buf.Bytes())
+	if facts.Received > s.opts.MaxReceivedHeaders {
+		return nil, 0, fmt.Errorf("%w: %d Received headers", ErrMailLoop, facts.Received)
 	}
-	if s.opts.AddMissingHeaders && facts.complete {
-		if !facts.messageID {
-			prefix = fmt.Appendf(prefix, "Message-ID: <%s@%s>\r\n", ss.qid, s.opts.Hostname)
-		}
-		if !facts.date {
-			prefix = fmt.Appendf(prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
-		}
+	if s.opts.AddMissingHeaders {
+		prefix = mailhdr.AppendMissing(prefix, facts, ss.qid, s.opts.Hostname, now)
 	}
 
 	job := &contracts.Job{

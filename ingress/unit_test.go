@@ -238,33 +238,6 @@ func FuzzLineEndings(f *testing.F) {
 	})
 }
 
-func TestScanHeaders(t *testing.T) {
-	msg := "Received: from a\r\n\tby b\r\nreceived: x\r\nMessage-ID: <x@y>\r\nDATE: now\r\nSubject: Received: no\r\n\r\nReceived: in body\r\n"
-	f := scanHeaders([]byte(msg))
-	if f.received != 2 || !f.messageID || !f.date || !f.complete {
-		t.Fatalf("%+v", f)
-	}
-	f = scanHeaders([]byte("Subject: x\r\nFrom: a"))
-	if f.complete || f.messageID || f.date {
-		t.Fatalf("partial header: %+v", f)
-	}
-}
-
-func TestReceivedHeader(t *testing.T) {
-	now := time.Date(2026, 11, 22, 18, 30, 0, 0, time.UTC)
-	h := string(receivedHeader("sql01.corp", "10.1.2.3", "relay.example.com", "ESMTPS", "0KQ3H5XZ7M2P9RTA",
-		"TLSv1.3 with cipher TLS_AES_128_GCM_SHA256", []string{"ops@example.com"}, now))
-	want := "Received: from sql01.corp ([10.1.2.3])\r\n\tby relay.example.com (jetrelay) with ESMTPS id 0KQ3H5XZ7M2P9RTA\r\n" +
-		"\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\tfor <ops@example.com>; Sun, 22 Nov 2026 18:30:00 +0000\r\n"
-	if h != want {
-		t.Fatalf("got\n%q\nwant\n%q", h, want)
-	}
-	h = string(receivedHeader("evil\r\nX-Injected: 1 (x);", "10.1.2.3", "relay", "ESMTP", "ID", "", []string{"a@b", "c@d"}, now))
-	if strings.Count(h, "\r\n") != 2 || strings.Contains(h, "for <") {
-		t.Fatalf("HELO injection or recipient disclosure: %q", h)
-	}
-}
-
 func TestLoginServer(t *testing.T) {
 	check := func(u, p string) error {
 		if u == "dbmail" && p == "s3cret" {
@@ -577,6 +550,39 @@ func TestBareLineEnding(t *testing.T) {
 	for _, tc := range tests {
 		if got := bareLineEnding([]byte(tc.in), tc.prevCR); got != tc.want {
 			t.Errorf("bareLineEnding(%q, %v) = %d, want %d", tc.in, tc.prevCR, got, tc.want)
+		}
+	}
+}
+
+// TestConnectionAllowed: the deny list wins, an empty allow list lets
+// everyone else in, IPv4-mapped addresses count as IPv4 (addrOf unmaps).
+func TestConnectionAllowed(t *testing.T) {
+	p := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	tests := []struct {
+		name        string
+		allow, deny []netip.Prefix
+		ip          string
+		want        bool
+	}{
+		{"no lists", nil, nil, "192.0.2.1", true},
+		{"denied", nil, p("192.0.2.0/24"), "192.0.2.1", false},
+		{"not denied", nil, p("192.0.2.0/24"), "198.51.100.1", true},
+		{"allowed", p("10.0.0.0/8"), nil, "10.1.2.3", true},
+		{"outside the allow list", p("10.0.0.0/8"), nil, "192.0.2.1", false},
+		{"deny wins over allow", p("10.0.0.0/8"), p("10.9.9.9/32"), "10.9.9.9", false},
+		{"IPv6 denied", nil, p("2001:db8::/32"), "2001:db8::1", false},
+		{"IPv6 outside an IPv4 allow list", p("10.0.0.0/8"), nil, "::1", false},
+	}
+	for _, tc := range tests {
+		s := &Server{opts: Options{ConnectionAllow: tc.allow, ConnectionDeny: tc.deny}}
+		if got := s.connectionAllowed(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("%s: connectionAllowed(%s) = %v, want %v", tc.name, tc.ip, got, tc.want)
 		}
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/jetrelay/jetrelay/internal/config"
 	"github.com/jetrelay/jetrelay/internal/console"
 	"github.com/jetrelay/jetrelay/internal/queuectl"
+	"github.com/jetrelay/jetrelay/pickup"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -168,6 +169,18 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 				a.errs <- fmt.Errorf("ingress: %w", err)
 			}
 		}()
+
+		if cfg.Ingress.Pickup.Dir != "" {
+			pw, err := pickup.New(PickupOptions(cfg, a.reg), a.bc, log)
+			if err != nil {
+				return a, err
+			}
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				_ = pw.Run(ctx)
+			}()
+		}
 	}
 	if st.Delivery {
 		a.worker, err = NewWorker(cfg, a.bc, log, a.reg, o)

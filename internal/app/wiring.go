@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/jetrelay/jetrelay/delivery/oauth"
 	"github.com/jetrelay/jetrelay/ingress"
 	"github.com/jetrelay/jetrelay/internal/config"
+	"github.com/jetrelay/jetrelay/pickup"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -189,6 +191,18 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 		}
 		o.InsecureAuthNetworks = append(o.InsecureAuthNetworks, p)
 	}
+	for _, l := range []struct {
+		nets config.StringList
+		to   *[]netip.Prefix
+	}{{ic.ConnectionAllow, &o.ConnectionAllow}, {ic.ConnectionDeny, &o.ConnectionDeny}} {
+		for _, n := range l.nets {
+			p, err := config.ParseNetwork(n)
+			if err != nil {
+				return o, nil, err
+			}
+			*l.to = append(*l.to, p)
+		}
+	}
 	if ic.UsersFile != "" {
 		u, err := ingress.LoadUsers(ic.UsersFile)
 		if err != nil {
@@ -206,6 +220,23 @@ func IngressOptions(cfg *config.Config, log zerolog.Logger) (ingress.Options, *i
 		o.TLSConfig = ingress.ServerTLSConfig(rl.GetCertificate)
 	}
 	return o, rl, nil
+}
+
+// PickupOptions maps ingress.pickup (and the ingress limits a pickup file
+// is held to) into the pickup directory's options.
+func PickupOptions(cfg *config.Config, reg prometheus.Registerer) pickup.Options {
+	ic := cfg.Ingress
+	return pickup.Options{
+		Dir:                ic.Pickup.Dir,
+		BadmailDir:         ic.Pickup.BadmailDir,
+		PollInterval:       ic.Pickup.PollInterval.D(),
+		StableFor:          ic.Pickup.StableFor.D(),
+		Hostname:           cfg.Hostname,
+		MaxMessageBytes:    int64(ic.MaxMessageBytes),
+		MaxReceivedHeaders: ic.MaxReceivedHeaders,
+		AddMissingHeaders:  ic.AddMissingHeaders == nil || *ic.AddMissingHeaders,
+		Registerer:         reg,
+	}
 }
 
 // NewWorker builds a delivery worker from the configuration.
@@ -285,7 +316,8 @@ func MTASTSOptions(cfg *config.Config) (delivery.MTASTSOptions, error) {
 // building each route's OAuth token source and transport.
 func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.RouterOptions, error) {
 	dc := cfg.Delivery
-	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{}}
+	ro := delivery.RouterOptions{Port: dc.Port, DNSServer: dc.DNSServer, MaxMXHosts: dc.MaxMXHosts, Routes: map[string]delivery.Route{},
+		Masquerade: dc.MasqueradeDomain, NDRCopyTo: dc.NDRCopyTo}
 	var err error
 	if ro.MXTLS, err = delivery.ParseTLSPolicy(dc.MXTLS); err != nil {
 		return ro, fmt.Errorf("delivery.mx_tls: %w", err)
@@ -314,7 +346,8 @@ func RouterOptions(cfg *config.Config, o Options, log zerolog.Logger) (delivery.
 func RouteOptions(r config.Route, key func(string) string, hc *http.Client, log zerolog.Logger) (delivery.Route, error) {
 	rt := delivery.Route{TLSSkipVerify: r.TLSSkipVerify, Username: r.Username, AllowPlainAuth: r.AllowPlainAuth, ServerName: r.TLSServerName,
 		Limit: delivery.RateLimit{Messages: r.RateLimit.Messages, Per: r.RateLimit.Per.D(), RecipientsPerDay: r.RateLimit.RecipientsPerDay,
-			Connections: r.RateLimit.Connections}, DKIMDomain: r.DKIMDomain}
+			Connections: r.RateLimit.Connections}, DKIMDomain: r.DKIMDomain,
+		Masquerade: r.MasqueradeDomain, NDRCopyTo: r.NDRCopyTo}
 	if r.Host != "" {
 		rt.Hosts = append(rt.Hosts, r.Host)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/jetrelay/jetrelay/delivery"
 	"github.com/jetrelay/jetrelay/delivery/dkim"
 	"github.com/jetrelay/jetrelay/ingress"
+	"github.com/jetrelay/jetrelay/pickup"
 )
 
 // Config is the whole configuration. The YAML key names are part of the
@@ -196,6 +197,31 @@ type Ingress struct {
 	// ShutdownGrace is how long a stopping ingress lets sessions in flight
 	// finish before it closes them.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// ConnectionAllow and ConnectionDeny (addresses or CIDR networks)
+	// decide who may connect at all, before the banner, like IIS's
+	// Connection dialog; separate from relay_networks, which decides who
+	// may relay. Deny wins; an empty allow list lets everyone else in. A
+	// refused client gets 554 5.7.1 and the connection is closed.
+	ConnectionAllow StringList `yaml:"connection_allow"`
+	ConnectionDeny  StringList `yaml:"connection_deny"`
+	// Pickup is the pickup directory (IIS's, for .NET's SmtpClient and
+	// scripts), watched by the processes that run the ingress stage.
+	Pickup Pickup `yaml:"pickup"`
+}
+
+// Pickup is a folder of .eml files to queue (package pickup describes
+// when a file is taken and how its envelope is read).
+type Pickup struct {
+	// Dir is the folder; empty: no pickup directory.
+	Dir string `yaml:"dir"`
+	// BadmailDir receives the files that are not messages, each with a
+	// .reason file (default: Dir/badmail).
+	BadmailDir string `yaml:"badmail_dir"`
+	// PollInterval is how often Dir is looked at.
+	PollInterval Duration `yaml:"poll_interval"`
+	// StableFor is how long a file's size and modification time must stay
+	// the same before it is taken.
+	StableFor Duration `yaml:"stable_for"`
 }
 
 // TLSFiles names a certificate and its key.
@@ -278,6 +304,14 @@ type Delivery struct {
 	// MTASTS is MTA-STS (RFC 8461) for direct MX delivery and TLS
 	// reporting (RFC 8460).
 	MTASTS MTASTS `yaml:"mta_sts"`
+	// MasqueradeDomain replaces the domain of the envelope sender (MAIL
+	// FROM only, not the From: header) on the way out, like IIS's
+	// masquerade domain; a route's masquerade_domain replaces it there.
+	MasqueradeDomain string `yaml:"masquerade_domain"`
+	// NDRCopyTo receives a copy of every non-delivery report (IIS's "Send
+	// copy of Non-Delivery Report to"), also for a null sender; a route's
+	// ndr_copy_to replaces it for the recipients given up on there.
+	NDRCopyTo string `yaml:"ndr_copy_to"`
 }
 
 // DKIM signs what delivery sends over SMTP (RFC 6376; RSA-SHA256 and
@@ -365,6 +399,10 @@ type Route struct {
 	// DKIMDomain is the domain whose DKIM key signs mail on this route
 	// when its From domain has no key of its own.
 	DKIMDomain string `yaml:"dkim_domain"`
+	// MasqueradeDomain and NDRCopyTo replace delivery.masquerade_domain
+	// and delivery.ndr_copy_to for this route.
+	MasqueradeDomain string `yaml:"masquerade_domain"`
+	NDRCopyTo        string `yaml:"ndr_copy_to"`
 }
 
 // OAuth is an app-only OAuth 2.0 credential for a smart host or route.
@@ -512,6 +550,7 @@ func Default() *Config {
 	in := ingress.DefaultOptions()
 	d := delivery.DefaultOptions()
 	r := delivery.DefaultRouterOptions()
+	pk := pickup.DefaultOptions()
 	nets := make(StringList, len(in.RelayNetworks))
 	for i, p := range in.RelayNetworks {
 		nets[i] = p.String()
@@ -559,6 +598,7 @@ func Default() *Config {
 			AuthFailureWindow:    Duration(in.AuthFailureWindow),
 			AuthLockout:          Duration(in.AuthLockout),
 			ShutdownGrace:        Duration(in.ShutdownGrace),
+			Pickup:               Pickup{PollInterval: Duration(pk.PollInterval), StableFor: Duration(pk.StableFor)},
 		},
 		Delivery: Delivery{
 			Port:                     r.Port,

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -160,6 +161,16 @@ func (c *Config) Validate() error {
 			add("ingress.insecure_auth_networks", "%v", err)
 		}
 	}
+	for _, l := range []struct {
+		key  string
+		nets StringList
+	}{{"ingress.connection_allow", c.Ingress.ConnectionAllow}, {"ingress.connection_deny", c.Ingress.ConnectionDeny}} {
+		for _, n := range l.nets {
+			if _, err := ParseNetwork(n); err != nil {
+				add(l.key, "%v", err)
+			}
+		}
+	}
 	if c.Ingress.MaxConnections < 1 {
 		add("ingress.max_connections", "must be at least 1")
 	}
@@ -190,7 +201,23 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if pk := c.Ingress.Pickup; pk.Dir != "" {
+		if pk.PollInterval.D() < 100*time.Millisecond {
+			add("ingress.pickup.poll_interval", "must be at least 100ms, got %s", pk.PollInterval)
+		}
+		if pk.BadmailDir != "" && filepath.Clean(pk.BadmailDir) == filepath.Clean(pk.Dir) {
+			add("ingress.pickup.badmail_dir", "must not be the pickup directory itself (a subfolder is fine: the default is %s)", filepath.Join(pk.Dir, "badmail"))
+		}
+		if st, err := os.Stat(pk.Dir); err == nil && !st.IsDir() {
+			add("ingress.pickup.dir", "%s is a file, not a folder", pk.Dir)
+		}
+	} else if pk.BadmailDir != "" {
+		add("ingress.pickup.badmail_dir", "needs ingress.pickup.dir")
+	}
+
 	// delivery
+	checkMasquerade(add, "delivery.masquerade_domain", c.Delivery.MasqueradeDomain)
+	checkMailbox(add, "delivery.ndr_copy_to", c.Delivery.NDRCopyTo)
 	if c.Delivery.Port < 1 || c.Delivery.Port > 65535 {
 		add("delivery.port", "must be a TCP port, got %d", c.Delivery.Port)
 	}
@@ -313,6 +340,8 @@ func validateRoute(add func(string, string, ...any), key func(string) string, r 
 			add(key("tls_ca_file"), "%s holds no PEM certificate", r.TLSCAFile)
 		}
 	}
+	checkMasquerade(add, key("masquerade_domain"), r.MasqueradeDomain)
+	checkMailbox(add, key("ndr_copy_to"), r.NDRCopyTo)
 	pw := secretSources(add, key, "password", r.Password, r.PasswordFile, r.PasswordEnv)
 	if pw && r.Username == "" {
 		add(key("username"), "a password needs a username")
@@ -589,5 +618,28 @@ func validateMTASTS(add func(string, string, ...any), m MTASTS) {
 			f.Close()
 			os.Remove(f.Name())
 		}
+	}
+}
+
+// checkMasquerade checks a masquerade domain: a domain name, without the
+// local part or brackets.
+func checkMasquerade(add func(string, string, ...any), key, v string) {
+	if v == "" {
+		return
+	}
+	if strings.ContainsAny(v, "@<>[]() \t,;:\"\\") || strings.HasPrefix(v, ".") || strings.HasSuffix(v, ".") || !strings.Contains(v, ".") {
+		add(key, "%q is not a domain name such as corp.example (the domain only, no @)", v)
+	}
+}
+
+// checkMailbox checks an address jetrelay sends to: local@domain, without
+// angle brackets or a display name.
+func checkMailbox(add func(string, string, ...any), key, v string) {
+	if v == "" {
+		return
+	}
+	at := strings.LastIndexByte(v, '@')
+	if at <= 0 || at == len(v)-1 || strings.ContainsAny(v, "<>() \t,;\"\\") {
+		add(key, "%q is not an address such as postmaster@corp.example (no angle brackets, no display name)", v)
 	}
 }
