@@ -18,6 +18,7 @@ var jetrelayMetrics = map[string]bool{
 	"jetrelay_smtp_sessions_total":           false,
 	"jetrelay_smtp_sessions_active":          false,
 	"jetrelay_smtp_rejects_total":            false,
+	"jetrelay_smtp_connections_denied_total": false,
 	"jetrelay_messages_accepted_total":       false,
 	"jetrelay_messages_accepted_bytes_total": false,
 	"jetrelay_publish_seconds":               true,
