@@ -126,6 +126,24 @@ func printRecord(w io.Writer, domain, selector string, key crypto.Signer) error 
 	return nil
 }
 
+// dkimKey loads the configuration and the key of domain (normalized) for
+// dkim check and dkim record. With --key a configuration that does not
+// load is no obstacle (the key file says it all); without, it is.
+func (g *globals) dkimKey(domain, selector, keyFile string) (*config.Config, *dkim.Key, error) {
+	cfg, _, err := g.load(nil)
+	if cfg == nil {
+		return nil, nil, err
+	}
+	if err != nil && keyFile == "" {
+		return nil, nil, exitError{code: 1, msg: "configuration does not load (run `jetrelay config check`):\n" + err.Error()}
+	}
+	key, err := configuredKey(cfg, domain, selector, keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, key, nil
+}
+
 // configuredKey finds domain's key in the configuration, or reads
 // keyFile; selector overrides the configured one.
 func configuredKey(cfg *config.Config, domain, selector, keyFile string) (*dkim.Key, error) {
@@ -172,15 +190,8 @@ against the record as a receiver would. It exits 0 when it matches, 1
 when the record is missing, another key, revoked, or the lookup fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := g.load(nil)
-			if cfg == nil {
-				return err
-			}
-			if err != nil && keyFile == "" {
-				return exitError{code: 1, msg: "configuration does not load (run `jetrelay config check`):\n" + err.Error()}
-			}
 			domain = dkim.NormalizeDomain(domain)
-			key, err := configuredKey(cfg, domain, selector, keyFile)
+			cfg, key, err := g.dkimKey(domain, selector, keyFile)
 			if err != nil {
 				return err
 			}
@@ -230,15 +241,8 @@ func newDKIMRecordCmd(g *globals) *cobra.Command {
 		Short: "Print the DNS record of a configured DKIM key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := g.load(nil)
-			if cfg == nil {
-				return err
-			}
-			if err != nil && keyFile == "" {
-				return exitError{code: 1, msg: "configuration does not load (run `jetrelay config check`):\n" + err.Error()}
-			}
 			domain = dkim.NormalizeDomain(domain)
-			key, err := configuredKey(cfg, domain, selector, keyFile)
+			_, key, err := g.dkimKey(domain, selector, keyFile)
 			if err != nil {
 				return err
 			}
