@@ -10,7 +10,9 @@ import (
 
 // applyMemoryLimit sets the process's soft memory limit from memory_limit,
 // unless GOMEMLIMIT is set in the environment (the Go runtime has read it
-// already). GOGC is left to the environment, or Go's default (100).
+// already). With the limit, the collector's pace goes back to Go's default
+// (GOGC 100) from the binary's 50, unless GOGC is set in the environment:
+// the limit, not a tight pace, then keeps large messages' peak down.
 //
 // Why a limit rather than a tighter GOGC: a large body is read back from
 // the embedded server one chunk at a time, and the server keeps the block
@@ -28,5 +30,9 @@ func applyMemoryLimit(cfg *config.Config, log zerolog.Logger) {
 		return
 	}
 	debug.SetMemoryLimit(int64(cfg.MemoryLimit))
+	if gogc == "" {
+		debug.SetGCPercent(100)
+		gogc = "100"
+	}
 	log.Info().Int64("memory_limit", int64(cfg.MemoryLimit)).Str("gogc", gogc).Msg("soft memory limit set")
 }
