@@ -307,13 +307,18 @@ func (s *OAuthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.last = r.PostForm
 	down, code, gate := s.down, s.downCode, s.gate
 	s.mu.Unlock()
+	// A request left hanging never ends in an answer: returning from the
+	// handler would send 200 with an empty body, which a client that
+	// gives up at that very moment can still read (net/http's transport
+	// races its own cancellation against the response).
+	// http.ErrAbortHandler drops the connection without a reply.
 	if gate != nil {
 		select {
 		case <-gate:
 		case <-r.Context().Done():
-			return
+			panic(http.ErrAbortHandler)
 		case <-s.closing:
-			return
+			panic(http.ErrAbortHandler)
 		}
 	}
 	if down {
@@ -322,7 +327,7 @@ func (s *OAuthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case <-r.Context().Done():
 			case <-s.closing:
 			}
-			return
+			panic(http.ErrAbortHandler)
 		}
 		writeJSON(w, code, map[string]any{"error": "temporarily_unavailable", "error_description": "the service is down (test)"})
 		return
