@@ -94,7 +94,12 @@ func parseHeader(raw []byte) *header {
 		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
 			fields[len(fields)-1].end = next
 		} else {
-			name, _, _ := bytes.Cut(line, []byte(":"))
+			// A line without a colon is no field (not one named by its
+			// text: "BCC" alone is not a Bcc field).
+			name, _, ok := bytes.Cut(line, []byte(":"))
+			if !ok {
+				name = nil
+			}
 			fields = append(fields, field{name: strings.TrimSpace(string(name)), start: i, end: next})
 		}
 		i = next
