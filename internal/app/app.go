@@ -137,9 +137,15 @@ func Start(startCtx context.Context, cfg *config.Config, log zerolog.Logger, st 
 	}
 	a.reg.MustRegister(broker.NewQueueCollector(a.bc))
 	// The queue's shape (oldest message, recipients per domain), read at
-	// most every queuectl.ShapeInterval for /metrics and the console.
+	// most every queuectl.ShapeInterval for /metrics and the console. It
+	// is the whole queue's, not this process's, and reading it scans the
+	// queue: only the processes that run the broker or the ingress export
+	// it, so that scaling delivery workers out does not multiply the
+	// scans (the console, wherever it runs, reads its own cache lazily).
 	a.shape = queuectl.NewShapeCache(queuectl.New(a.bc), 0, 0)
-	a.reg.MustRegister(queuectl.NewShapeCollector(a.shape))
+	if st.Broker || st.Ingress {
+		a.reg.MustRegister(queuectl.NewShapeCollector(a.shape))
+	}
 
 	if st.Ingress {
 		opts, rl, err := IngressOptions(cfg, log)

@@ -131,4 +131,16 @@ func TestQueueShapeMetrics(t *testing.T) {
 	if l := relay.Metric(`jetrelay_outbound_auth_failures_total{route="smarthost"}`); l != "" {
 		t.Errorf("auth failures for a route without credentials: %s", l)
 	}
+
+	// A delivery-only worker on the same broker does not export the
+	// queue's shape: more workers must not mean more scans of the queue.
+	wcfg := *cfg
+	wcfg.Broker.Listen = ""
+	w := testenv.StartStages(t, &wcfg, app.Stages{Delivery: true}, app.Options{})
+	if l := w.Metric("jetrelay_queue_oldest_message_age_seconds"); l != "" {
+		t.Errorf("a delivery-only worker exports the queue's shape: %s", l)
+	}
+	if l := w.Metric("jetrelay_queue_ready"); l == "" {
+		t.Errorf("the delivery-only worker's /metrics has no jetrelay_queue_ready (is it scraped at all?)")
+	}
 }
