@@ -12,6 +12,12 @@ import (
 // that just failed at the connection level (refused, timed out, 421) so
 // that the jobs behind them are deferred at once instead of hammering a
 // host that is down.
+//
+// A connection leaves the pool's count only when it is closed: one that
+// is being retired (QUIT sent, 221 awaited) still counts, and a new
+// connection to the same destination waits for it (waitClosed), so that
+// a next hop limited to N connections never sees N+1 for the moment
+// between an old connection's QUIT and a new one's greeting.
 type pool struct {
 	maxPerDest  int
 	maxMsgs     int
@@ -23,6 +29,10 @@ type pool struct {
 	idle  map[string][]*smtpConn
 	slots map[string]chan struct{}
 	dead  map[string]deadInfo
+	// closing counts the connections per destination being retired;
+	// closed is closed and replaced whenever a retirement ends.
+	closing map[string]int
+	closed  chan struct{}
 }
 
 type deadInfo struct {
@@ -37,6 +47,9 @@ func newPool(maxPerDest, maxMsgs int, idleTimeout, backoff time.Duration) *pool 
 		idle:  map[string][]*smtpConn{},
 		slots: map[string]chan struct{}{},
 		dead:  map[string]deadInfo{},
+
+		closing: map[string]int{},
+		closed:  make(chan struct{}),
 	}
 }
 
@@ -70,7 +83,7 @@ func (p *pool) get(dest string) *smtpConn {
 			p.idle[dest] = list
 			return c
 		}
-		go c.quit()
+		p.retireLocked(dest, c)
 	}
 	delete(p.idle, dest)
 	return nil
@@ -79,14 +92,64 @@ func (p *pool) get(dest string) *smtpConn {
 // put caches a connection for reuse, or closes it when it is broken or
 // has carried its share of messages.
 func (p *pool) put(dest string, c *smtpConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if c.broken || c.sent >= p.maxMsgs || p.maxMsgs <= 1 {
-		go c.quit()
+		p.retireLocked(dest, c)
 		return
 	}
 	c.lastUse = p.now()
-	p.mu.Lock()
 	p.idle[dest] = append(p.idle[dest], c)
-	p.mu.Unlock()
+}
+
+// retireLocked says goodbye to c in the background; until it is closed
+// it counts in closing[dest]. p.mu is held.
+func (p *pool) retireLocked(dest string, c *smtpConn) {
+	p.closing[dest]++
+	go func() {
+		c.quit()
+		p.mu.Lock()
+		if p.closing[dest]--; p.closing[dest] <= 0 {
+			delete(p.closing, dest)
+		}
+		close(p.closed)
+		p.closed = make(chan struct{})
+		p.mu.Unlock()
+	}()
+}
+
+// closeAll says goodbye to every idle connection and returns when every
+// connection being retired is closed: the worker's last step, so that no
+// goroutine of the pool outlives it.
+func (p *pool) closeAll() {
+	p.sweep(true)
+	for {
+		p.mu.Lock()
+		n, ch := len(p.closing), p.closed
+		p.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		<-ch
+	}
+}
+
+// waitClosed returns once no connection to dest is being retired (QUIT
+// waits at most a few seconds for its reply), or when ctx ends.
+func (p *pool) waitClosed(ctx context.Context, dest string) error {
+	for {
+		p.mu.Lock()
+		n, ch := p.closing[dest], p.closed
+		p.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // markDead records that dest failed at the connection level.
@@ -125,12 +188,12 @@ func (p *pool) isDead(dest string) (string, bool) {
 // periodically and at shutdown with all=true.
 func (p *pool) sweep(all bool) {
 	p.mu.Lock()
-	var drop []*smtpConn
+	defer p.mu.Unlock()
 	for dest, list := range p.idle {
 		keep := list[:0]
 		for _, c := range list {
 			if all || p.now().Sub(c.lastUse) >= p.idleTimeout {
-				drop = append(drop, c)
+				p.retireLocked(dest, c)
 			} else {
 				keep = append(keep, c)
 			}
@@ -145,9 +208,5 @@ func (p *pool) sweep(all bool) {
 		if len(ch) == 0 && len(p.idle[dest]) == 0 {
 			delete(p.slots, dest)
 		}
-	}
-	p.mu.Unlock()
-	for _, c := range drop {
-		c.quit()
 	}
 }

@@ -92,6 +92,12 @@ func (t *smtpTransport) Deliver(ctx context.Context, req *Request) *Report {
 		}
 	}
 
+	// A connection to this destination still saying goodbye counts
+	// against its limits until it is closed.
+	if err := t.pool.waitClosed(ctx, dest.Key); err != nil {
+		rep.fill(Result{Err: err, Stage: "connect"})
+		return rep
+	}
 	hops, err := t.router.hops(ctx, dest)
 	if err == nil && pol.enforce() {
 		hops, err = t.sts.filterMX(pol, hops, log)

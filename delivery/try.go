@@ -38,8 +38,10 @@ func Try(ctx context.Context, hostname, key string, rt Route, rootCAs *x509.Cert
 	tr := rt.Transport
 	if tr == nil {
 		to := DefaultTimeouts()
+		p := newPool(1, 1, time.Second, 0)
+		defer p.closeAll() // QUIT, and the 221, before Try returns
 		tr = &smtpTransport{
-			hostname: hostname, router: NewRouter(RouterOptions{}), pool: newPool(1, 1, time.Second, 0),
+			hostname: hostname, router: NewRouter(RouterOptions{}), pool: p,
 			dialer: &net.Dialer{Timeout: to.Connect}, timeouts: to, rootCAs: rootCAs, log: log,
 		}
 	}

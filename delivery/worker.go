@@ -212,7 +212,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	hardCancel()
 	stopSweep()
 	<-sweepDone
-	w.pool.sweep(true)
+	w.pool.closeAll()
 	w.log.Info().Msg("delivery worker stopped")
 	return err
 }
