@@ -1,4 +1,4 @@
-package e2e
+package fault
 
 import (
 	"fmt"
@@ -14,14 +14,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/jetrelay/jetrelay/internal/testenv"
 )
-
-// Fault tests: the stages as separate processes of the real binary, killed
-// with SIGKILL (or stopped with SIGTERM) under a bounded load. Each checks
-// the promise to the client: every message that got 250 is delivered;
-// nothing that was refused is; duplicates are counted and must be
-// explained by the kill window (the time between the next hop's 250 and
-// the worker's acknowledgement, or a client that lost the connection after
-// its final dot and sent again).
 
 // stack is a set of jetrelay processes sharing a sink.
 type stack struct {
